@@ -1,0 +1,2 @@
+//! vfio-user protocol crate (skeleton: see `device` for the device-facing contract).
+pub mod device;
