@@ -167,31 +167,29 @@ impl<D: Device> Core<D> {
             tracing::debug!(command = %cmd, fds = fds.len(), "closing unexpected descriptors");
             return Err(Errno::EINVAL);
         }
-        match cmd {
-            Command::VERSION => self.version(conn, b),
-            Command::DMA_MAP => self.dma_map(b, fds),
-            Command::DMA_UNMAP => self.dma_unmap(b),
-            Command::DEVICE_GET_INFO => self.device_info(b),
-            Command::DEVICE_GET_REGION_INFO => self.region_info(b),
-            Command::DEVICE_GET_REGION_IO_FDS => self.region_io_fds(b),
-            Command::DEVICE_GET_IRQ_INFO => self.irq_info(b),
-            Command::DEVICE_SET_IRQS => self.set_irqs(b, fds),
-            Command::REGION_READ => self.region_read(conn, b),
-            Command::REGION_WRITE => self.region_write(conn, b),
-            Command::REGION_WRITE_MULTI => self.write_multi(conn, b),
-            Command::DEVICE_RESET => {
-                if !b.is_empty() {
-                    return Err(Errno::EINVAL);
-                }
+        use wire::Request as R;
+        match R::parse(cmd, b).map_err(|e| e.errno())? {
+            R::Version { .. } => self.version(conn, b),
+            R::DmaMap(m) => self.dma_map(m, fds),
+            R::DmaUnmap { unmap, .. } => self.dma_unmap(unmap),
+            R::DeviceGetInfo(req) => self.device_info(req),
+            R::RegionInfo(req) => self.region_info(req),
+            R::RegionIoFds(req) => self.region_io_fds(req),
+            R::IrqInfo(req) => self.irq_info(req),
+            R::SetIrqs { set, data } => self.set_irqs(set, data, fds),
+            R::RegionRead(req) => self.region_read(conn, req),
+            R::RegionWrite { access, data } => self.region_write(conn, access, data),
+            R::RegionWriteMulti(entries) => self.write_multi(conn, entries),
+            R::DeviceReset => {
                 self.device.reset()?;
                 body([])
             }
-            Command::DEVICE_FEATURE
-            | Command::MIG_DATA_READ
-            | Command::MIG_DATA_WRITE
-            | Command::DIRTY_PAGES => Err(Errno::ENOTSUP),
+            R::DeviceFeature { .. }
+            | R::MigDataRead(_)
+            | R::MigDataWrite { .. }
+            | R::DirtyPages(_) => Err(Errno::ENOTSUP),
             // DMA_READ/DMA_WRITE go server -> client; as commands from a client they are bogus.
-            _ => Err(Errno::ENOSYS),
+            R::DmaRead(_) | R::DmaWrite { .. } | R::Unknown { .. } => Err(Errno::ENOSYS),
         }
     }
 
@@ -219,8 +217,7 @@ impl<D: Device> Core<D> {
         body(reply)
     }
 
-    fn dma_map(&mut self, b: &[u8], mut fds: Vec<OwnedFd>) -> Body {
-        let m: wire::DmaMap = wire::exact_body(Command::DMA_MAP, b).map_err(|e| e.errno())?;
+    fn dma_map(&mut self, m: wire::DmaMap, mut fds: Vec<OwnedFd>) -> Body {
         let flags = DmaMapFlags::from_bits(m.flags).ok_or(Errno::EINVAL)?;
         if fds.len() > 1 {
             return Err(Errno::EINVAL);
@@ -244,9 +241,7 @@ impl<D: Device> Core<D> {
         body([])
     }
 
-    fn dma_unmap(&mut self, b: &[u8]) -> Body {
-        let (u, _rest) =
-            wire::split_body::<wire::DmaUnmap>(Command::DMA_UNMAP, b).map_err(|e| e.errno())?;
+    fn dma_unmap(&mut self, u: wire::DmaUnmap) -> Body {
         let flags = DmaUnmapFlags::from_bits(u.flags).ok_or(Errno::EINVAL)?;
         if flags.contains(DmaUnmapFlags::GET_DIRTY_BITMAP) {
             return Err(Errno::ENOTSUP);
@@ -278,9 +273,7 @@ impl<D: Device> Core<D> {
         body(reply.as_bytes())
     }
 
-    fn device_info(&mut self, b: &[u8]) -> Body {
-        let (req, _) = wire::split_body::<wire::DeviceInfo>(Command::DEVICE_GET_INFO, b)
-            .map_err(|e| e.errno())?;
+    fn device_info(&mut self, req: wire::DeviceInfo) -> Body {
         if (req.argsz as usize) < std::mem::size_of::<wire::DeviceInfo>() {
             return Err(Errno::EINVAL);
         }
@@ -294,9 +287,7 @@ impl<D: Device> Core<D> {
         body(reply.as_bytes())
     }
 
-    fn region_info(&mut self, b: &[u8]) -> Body {
-        let (req, _) = wire::split_body::<wire::RegionInfo>(Command::DEVICE_GET_REGION_INFO, b)
-            .map_err(|e| e.errno())?;
+    fn region_info(&mut self, req: wire::RegionInfo) -> Body {
         const BASE: usize = std::mem::size_of::<wire::RegionInfo>();
         if (req.argsz as usize) < BASE || req.index >= self.device.device_info().num_regions {
             return Err(Errno::EINVAL);
@@ -356,9 +347,7 @@ impl<D: Device> Core<D> {
         Ok((out, fd))
     }
 
-    fn region_io_fds(&mut self, b: &[u8]) -> Body {
-        let (req, _) = wire::split_body::<wire::RegionIoFds>(Command::DEVICE_GET_REGION_IO_FDS, b)
-            .map_err(|e| e.errno())?;
+    fn region_io_fds(&mut self, req: wire::RegionIoFds) -> Body {
         if (req.argsz as usize) < std::mem::size_of::<wire::RegionIoFds>()
             || req.index >= self.device.device_info().num_regions
         {
@@ -374,9 +363,7 @@ impl<D: Device> Core<D> {
         body(reply.as_bytes())
     }
 
-    fn irq_info(&mut self, b: &[u8]) -> Body {
-        let (req, _) = wire::split_body::<wire::IrqInfo>(Command::DEVICE_GET_IRQ_INFO, b)
-            .map_err(|e| e.errno())?;
+    fn irq_info(&mut self, req: wire::IrqInfo) -> Body {
         if (req.argsz as usize) < std::mem::size_of::<wire::IrqInfo>()
             || req.index >= self.device.device_info().num_irqs
         {
@@ -392,9 +379,7 @@ impl<D: Device> Core<D> {
         body(reply.as_bytes())
     }
 
-    fn set_irqs(&mut self, b: &[u8], fds: Vec<OwnedFd>) -> Body {
-        let (req, rest) =
-            wire::split_body::<wire::IrqSet>(Command::DEVICE_SET_IRQS, b).map_err(|e| e.errno())?;
+    fn set_irqs(&mut self, req: wire::IrqSet, rest: &[u8], fds: Vec<OwnedFd>) -> Body {
         if (req.argsz as usize) < std::mem::size_of::<wire::IrqSet>()
             || req.index >= self.device.device_info().num_irqs
         {
@@ -454,9 +439,7 @@ impl<D: Device> Core<D> {
         Ok(())
     }
 
-    fn region_read(&mut self, conn: &mut ConnState, b: &[u8]) -> Body {
-        let req: wire::RegionAccess =
-            wire::exact_body(Command::REGION_READ, b).map_err(|e| e.errno())?;
+    fn region_read(&mut self, conn: &mut ConnState, req: wire::RegionAccess) -> Body {
         self.check_access(conn, req.region, req.offset, u64::from(req.count), false)?;
         let head = req.as_bytes();
         let mut out = vec![0u8; head.len() + req.count as usize];
@@ -468,12 +451,7 @@ impl<D: Device> Core<D> {
         body(out)
     }
 
-    fn region_write(&mut self, conn: &mut ConnState, b: &[u8]) -> Body {
-        let (req, data) = wire::split_body::<wire::RegionAccess>(Command::REGION_WRITE, b)
-            .map_err(|e| e.errno())?;
-        if data.len() != req.count as usize {
-            return Err(Errno::EINVAL);
-        }
+    fn region_write(&mut self, conn: &mut ConnState, req: wire::RegionAccess, data: &[u8]) -> Body {
         self.check_access(conn, req.region, req.offset, u64::from(req.count), true)?;
         if req.count > 0 {
             self.device.region_write(req.region, req.offset, data)?;
@@ -481,20 +459,9 @@ impl<D: Device> Core<D> {
         body(req.as_bytes())
     }
 
-    fn write_multi(&mut self, conn: &mut ConnState, b: &[u8]) -> Body {
-        let (head, rest) = wire::split_body::<wire::WriteMulti>(Command::REGION_WRITE_MULTI, b)
-            .map_err(|e| e.errno())?;
-        const ONE: usize = std::mem::size_of::<wire::WriteOne>();
-        let n = usize::try_from(head.wr_cnt).map_err(|_| Errno::EINVAL)?;
-        if head.wr_cnt > wire::WRITE_MULTI_MAX || n.checked_mul(ONE) != Some(rest.len()) {
-            return Err(Errno::EINVAL);
-        }
-        for chunk in rest.chunks_exact(ONE) {
-            let w: wire::WriteOne =
-                wire::exact_body(Command::REGION_WRITE_MULTI, chunk).map_err(|e| e.errno())?;
-            if w.count as usize > wire::WRITE_MULTI_DATA {
-                return Err(Errno::EINVAL);
-            }
+    fn write_multi(&mut self, conn: &mut ConnState, entries: wire::WriteMultiEntries<'_>) -> Body {
+        // The parser bounded wr_cnt and each entry's count (<= 8).
+        for w in entries.iter() {
             self.check_access(conn, w.region, w.offset, u64::from(w.count), true)?;
             if w.count > 0 {
                 self.device
@@ -503,7 +470,7 @@ impl<D: Device> Core<D> {
         }
         body(
             wire::WriteMulti {
-                wr_cnt: head.wr_cnt,
+                wr_cnt: entries.len() as u64,
             }
             .as_bytes(),
         )

@@ -574,6 +574,12 @@ pub enum BodyError {
         got: usize,
         need: usize,
     },
+    #[error("{command} announces {count} items but carries {data} bytes of them")]
+    CountMismatch {
+        command: Command,
+        count: u64,
+        data: usize,
+    },
 }
 
 impl BodyError {
@@ -605,6 +611,182 @@ pub fn exact_body<T: FromBytes + KnownLayout + Immutable>(
         got: body.len(),
         need: std::mem::size_of::<T>(),
     })
+}
+
+/// A client-to-server (or, for DMA_READ/DMA_WRITE, server-to-client) command with its body
+/// decoded. Slices borrow the message body; nothing is allocated. Size rules: fixed-size
+/// bodies must match exactly where the protocol has no trailing data; variable parts are
+/// bounded by the body itself (a count larger than the data present is an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Major/minor and the raw JSON bytes (NUL included; see [`crate::negotiate::parse`]).
+    Version {
+        version: Version,
+        json: &'a [u8],
+    },
+    DmaMap(DmaMap),
+    /// Any bytes after the struct (a dirty bitmap request) are in `rest`.
+    DmaUnmap {
+        unmap: DmaUnmap,
+        rest: &'a [u8],
+    },
+    DeviceGetInfo(DeviceInfo),
+    RegionInfo(RegionInfo),
+    RegionIoFds(RegionIoFds),
+    IrqInfo(IrqInfo),
+    /// `data` is the DATA_BOOL payload (or empty).
+    SetIrqs {
+        set: IrqSet,
+        data: &'a [u8],
+    },
+    RegionRead(RegionAccess),
+    /// `data.len() == access.count` is guaranteed.
+    RegionWrite {
+        access: RegionAccess,
+        data: &'a [u8],
+    },
+    /// QEMU layout; see [`QemuDmaAccess`].
+    DmaRead(QemuDmaAccess),
+    /// QEMU layout; `data.len() == access.count` is guaranteed.
+    DmaWrite {
+        access: QemuDmaAccess,
+        data: &'a [u8],
+    },
+    DeviceReset,
+    /// `wr_cnt` entries, `wr_cnt <= WRITE_MULTI_MAX`, each `count <= 8`.
+    RegionWriteMulti(WriteMultiEntries<'a>),
+    DeviceFeature {
+        feature: DeviceFeature,
+        data: &'a [u8],
+    },
+    MigDataRead(MigData),
+    MigDataWrite {
+        mig: MigData,
+        data: &'a [u8],
+    },
+    DirtyPages(&'a [u8]),
+    Unknown {
+        command: Command,
+        body: &'a [u8],
+    },
+}
+
+/// The entries of a REGION_WRITE_MULTI body (validated; iterate with [`Self::iter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteMultiEntries<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> WriteMultiEntries<'a> {
+    pub fn len(&self) -> usize {
+        self.raw.len() / std::mem::size_of::<WriteOne>()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = WriteOne> + 'a {
+        self.raw
+            .chunks_exact(std::mem::size_of::<WriteOne>())
+            .filter_map(|c| WriteOne::read_from_bytes(c).ok())
+    }
+}
+
+impl<'a> Request<'a> {
+    /// Decode the body of a `command` message.
+    pub fn parse(command: Command, body: &'a [u8]) -> Result<Self, BodyError> {
+        let c = command;
+        Ok(match command {
+            Command::VERSION => {
+                let (version, json) = split_body(c, body)?;
+                Self::Version { version, json }
+            }
+            Command::DMA_MAP => Self::DmaMap(exact_body(c, body)?),
+            Command::DMA_UNMAP => {
+                let (unmap, rest) = split_body(c, body)?;
+                Self::DmaUnmap { unmap, rest }
+            }
+            Command::DEVICE_GET_INFO => Self::DeviceGetInfo(exact_body(c, body)?),
+            // QEMU sends argsz-sized buffers for some requests; tolerate trailing bytes.
+            Command::DEVICE_GET_REGION_INFO => Self::RegionInfo(split_body(c, body)?.0),
+            Command::DEVICE_GET_REGION_IO_FDS => Self::RegionIoFds(split_body(c, body)?.0),
+            Command::DEVICE_GET_IRQ_INFO => Self::IrqInfo(exact_body(c, body)?),
+            Command::DEVICE_SET_IRQS => {
+                let (set, data) = split_body(c, body)?;
+                Self::SetIrqs { set, data }
+            }
+            Command::REGION_READ => Self::RegionRead(exact_body(c, body)?),
+            Command::REGION_WRITE => {
+                let (access, data): (RegionAccess, _) = split_body(c, body)?;
+                if data.len() != access.count as usize {
+                    return Err(BodyError::CountMismatch {
+                        command: c,
+                        count: u64::from(access.count),
+                        data: data.len(),
+                    });
+                }
+                Self::RegionWrite { access, data }
+            }
+            Command::DMA_READ => {
+                let (access, _pad) = split_body(c, body)?;
+                Self::DmaRead(access)
+            }
+            Command::DMA_WRITE => {
+                let (access, rest): (QemuDmaAccess, _) = split_body(c, body)?;
+                let count = access.count;
+                let data = rest.get(..count as usize).ok_or(BodyError::CountMismatch {
+                    command: c,
+                    count: u64::from(count),
+                    data: rest.len(),
+                })?;
+                Self::DmaWrite { access, data }
+            }
+            Command::DEVICE_RESET => {
+                if !body.is_empty() {
+                    return Err(BodyError::WrongSize {
+                        command: c,
+                        got: body.len(),
+                        need: 0,
+                    });
+                }
+                Self::DeviceReset
+            }
+            Command::REGION_WRITE_MULTI => {
+                let (head, raw): (WriteMulti, _) = split_body(c, body)?;
+                let one = std::mem::size_of::<WriteOne>();
+                let fits = usize::try_from(head.wr_cnt)
+                    .ok()
+                    .and_then(|n| n.checked_mul(one))
+                    == Some(raw.len());
+                if head.wr_cnt > WRITE_MULTI_MAX || !fits {
+                    return Err(BodyError::CountMismatch {
+                        command: c,
+                        count: head.wr_cnt,
+                        data: raw.len(),
+                    });
+                }
+                let entries = WriteMultiEntries { raw };
+                if entries.iter().any(|w| w.count as usize > WRITE_MULTI_DATA) {
+                    return Err(BodyError::CountMismatch {
+                        command: c,
+                        count: head.wr_cnt,
+                        data: raw.len(),
+                    });
+                }
+                Self::RegionWriteMulti(entries)
+            }
+            Command::DEVICE_FEATURE => {
+                let (feature, data) = split_body(c, body)?;
+                Self::DeviceFeature { feature, data }
+            }
+            Command::MIG_DATA_READ => Self::MigDataRead(split_body(c, body)?.0),
+            Command::MIG_DATA_WRITE => {
+                let (mig, data) = split_body(c, body)?;
+                Self::MigDataWrite { mig, data }
+            }
+            Command::DIRTY_PAGES => Self::DirtyPages(body),
+            command => Self::Unknown { command, body },
+        })
+    }
 }
 
 /// Serialize a header followed by body parts into one buffer, fixing up `header.size`.
@@ -705,6 +887,66 @@ mod tests {
         assert_eq!(
             &msg[QEMU_DMA_DATA_OFFSET..QEMU_DMA_DATA_OFFSET + 4],
             &[1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn region_write_count_must_match_data() {
+        let acc = RegionAccess {
+            offset: 0,
+            region: 0,
+            count: 4,
+        };
+        let mut b = acc.as_bytes().to_vec();
+        b.extend_from_slice(&[1, 2, 3]);
+        assert!(matches!(
+            Request::parse(Command::REGION_WRITE, &b),
+            Err(BodyError::CountMismatch { .. })
+        ));
+        b.push(4);
+        assert!(matches!(
+            Request::parse(Command::REGION_WRITE, &b),
+            Ok(Request::RegionWrite {
+                data: [1, 2, 3, 4],
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn write_multi_count_is_bounded_by_body_and_max() {
+        let mut b = WriteMulti { wr_cnt: 1 }.as_bytes().to_vec();
+        b.extend_from_slice(
+            WriteOne {
+                offset: 8,
+                region: 0,
+                count: 4,
+                data: [0; 8],
+            }
+            .as_bytes(),
+        );
+        match Request::parse(Command::REGION_WRITE_MULTI, &b) {
+            Ok(Request::RegionWriteMulti(e)) => assert_eq!(e.iter().count(), 1),
+            other => panic!("unexpected {other:?}"),
+        }
+        let huge = WriteMulti { wr_cnt: u64::MAX }.as_bytes().to_vec();
+        assert!(Request::parse(Command::REGION_WRITE_MULTI, &huge).is_err());
+        let too_many = WriteMulti {
+            wr_cnt: WRITE_MULTI_MAX + 1,
+        }
+        .as_bytes()
+        .to_vec();
+        assert!(Request::parse(Command::REGION_WRITE_MULTI, &too_many).is_err());
+    }
+
+    #[test]
+    fn unknown_command_body_is_kept_raw() {
+        assert_eq!(
+            Request::parse(Command(99), b"xyz"),
+            Ok(Request::Unknown {
+                command: Command(99),
+                body: b"xyz"
+            })
         );
     }
 
