@@ -56,6 +56,7 @@ pub mod client;
 pub mod device;
 pub mod dispatch;
 pub mod dma;
+pub mod fuzzing;
 pub mod irq;
 pub mod negotiate;
 pub mod server;
