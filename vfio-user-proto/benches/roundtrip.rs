@@ -229,7 +229,10 @@ fn main() {
         vfio.p99.as_secs_f64() / raw_std.p99.as_secs_f64(),
         vfio.ops / raw_std.ops
     );
-    let ct = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let ct = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let raw_ct = ct.block_on(bench_raw_tokio(iters));
     let vfio_ct = ct.block_on(bench_vfio_user(iters));
     println!("same, tokio current-thread runtime (client and server tasks share one thread)");

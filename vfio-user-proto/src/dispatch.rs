@@ -111,8 +111,12 @@ impl<D: Device> Core<D> {
         if let Ok(mut t) = self.dma.shared.table.write() {
             t.clear();
         }
-        if let Ok(mut l) = self.dma.shared.link.lock() {
-            *l = None;
+        let link = self.dma.shared.link.lock().ok().and_then(|mut l| l.take());
+        if let Some(link) = link {
+            // Wake every task waiting for a DMA reply that will never come.
+            if let Ok(mut p) = link.pending.lock() {
+                p.clear();
+            }
         }
         self.irqs
             .table

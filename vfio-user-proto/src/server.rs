@@ -243,7 +243,12 @@ impl<D: Device> Server<D> {
             let response = span.in_scope(|| self.core.handle(&mut conn, msg));
             if !was_negotiated {
                 if let Some(peer) = conn.peer {
-                    let peer_max = (peer.max_data_xfer_size as usize).max(1);
+                    // DMA_READ replies must also fit what we accept.
+                    let peer_max = (peer
+                        .max_data_xfer_size
+                        .min(self.core.caps.max_data_xfer_size)
+                        as usize)
+                        .max(1);
                     let link = Arc::new(PeerLink::new(writer.clone(), peer_max));
                     if let Ok(mut l) = self.core.dma.shared.link.lock() {
                         *l = Some(link);
@@ -258,6 +263,12 @@ impl<D: Device> Server<D> {
                 }
             }
         }
+        // Device tasks may still hold the DMA link (and so the stream): shut the socket down
+        // so the client sees EOF now and any late DMA request fails instead of hanging.
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&*stream),
+            nix::sys::socket::Shutdown::Both,
+        );
         self.core.disconnect(&mut conn);
         tracing::info!("connection closed; DMA windows and eventfds released");
     }

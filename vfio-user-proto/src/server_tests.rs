@@ -1068,3 +1068,27 @@ async fn second_server_on_a_live_socket_is_refused() {
     assert!(matches!(r, Err(ServerError::InUse(_))));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn pending_message_dma_fails_instead_of_hanging_when_client_leaves() {
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    c.dma_map_memory(0x1000, 0x1000, DmaMapFlags::READ)
+        .await
+        .expect("map");
+    let dma = h.state().ctx.clone().expect("ctx").dma;
+    let reader = tokio::spawn(async move {
+        let mut b = [0u8; 4];
+        dma.read_async(0x1000, &mut b).await
+    });
+    let m = c.recv_raw().await.expect("recv").expect("DMA_READ arrives");
+    assert_eq!(m.header.cmd(), Command::DMA_READ);
+    drop(c); // never answer
+    let r = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("does not hang")
+        .expect("join");
+    assert_eq!(r, Err(crate::DmaError::Transport));
+    h.assert_serves_new_client().await;
+    h.stop().await;
+}
