@@ -216,6 +216,19 @@ async fn device_irq_and_region_io_fd_info_are_reported() {
         assert_ne!(i.flags & crate::IrqInfoFlags::EVENTFD.bits(), 0);
     }
     assert_eq!(errno_of(c.irq_info(5).await), Errno::EINVAL);
+    // A client built against a newer vfio.h sends a 24-byte vfio_device_info; argsz 16 back.
+    let mut big = wire::DeviceInfo {
+        argsz: 24,
+        ..Default::default()
+    }
+    .as_bytes()
+    .to_vec();
+    big.extend_from_slice(&[0; 8]);
+    let r = c
+        .request(Command::DEVICE_GET_INFO, &[&big], &[])
+        .await
+        .expect("larger struct accepted");
+    assert_eq!(&r.body[0..4], &16u32.to_ne_bytes());
     let req = wire::RegionIoFds {
         argsz: 16,
         index: 0,

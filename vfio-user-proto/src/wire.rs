@@ -817,11 +817,12 @@ impl<'a> Request<'a> {
                 let (unmap, rest) = split_body(c, body)?;
                 Self::DmaUnmap { unmap, rest }
             }
-            Command::DEVICE_GET_INFO => Self::DeviceGetInfo(exact_body(c, body)?),
-            // QEMU sends argsz-sized buffers for some requests; tolerate trailing bytes.
+            // Newer clients may send larger structs (kernel vfio_device_info grew cap_offset);
+            // QEMU sends argsz-sized buffers for some requests: tolerate trailing bytes.
+            Command::DEVICE_GET_INFO => Self::DeviceGetInfo(split_body(c, body)?.0),
             Command::DEVICE_GET_REGION_INFO => Self::RegionInfo(split_body(c, body)?.0),
             Command::DEVICE_GET_REGION_IO_FDS => Self::RegionIoFds(split_body(c, body)?.0),
-            Command::DEVICE_GET_IRQ_INFO => Self::IrqInfo(exact_body(c, body)?),
+            Command::DEVICE_GET_IRQ_INFO => Self::IrqInfo(split_body(c, body)?.0),
             Command::DEVICE_SET_IRQS => {
                 let (set, data) = split_body(c, body)?;
                 Self::SetIrqs { set, data }
