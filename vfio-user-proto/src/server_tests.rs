@@ -1145,3 +1145,32 @@ async fn pending_message_dma_fails_instead_of_hanging_when_client_leaves() {
     h.assert_serves_new_client().await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn one_client_at_a_time_and_the_waiting_one_is_served_next() {
+    let h = Harness::start().await;
+    let mut first = h.client().await;
+    let sock = h.sock.clone();
+    let second = tokio::spawn(async move {
+        let mut c = Client::connect(&sock)
+            .await
+            .expect("second client negotiates eventually");
+        c.read_u32(0, 0).await.expect("read")
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !second.is_finished(),
+        "second client waits while the first is connected"
+    );
+    assert_eq!(
+        first.read_u32(0, 0).await.expect("first still served"),
+        ToyDevice::MAGIC
+    );
+    drop(first);
+    let v = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("second served after the first leaves")
+        .expect("join");
+    assert_eq!(v, ToyDevice::MAGIC);
+    h.stop().await;
+}
