@@ -88,4 +88,4 @@ pub use device::{
 pub use dma::{DmaError, DmaHandle, DmaMapping};
 pub use irq::{IrqError, IrqHandle};
 pub use negotiate::Caps;
-pub use server::{Server, ServerConfig, ServerError};
+pub use server::{shutdown_signal, Server, ServerConfig, ServerError};

@@ -91,6 +91,20 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
+/// A future that completes on the first SIGINT or SIGTERM. Handlers are installed when this
+/// function is called (so a signal arriving before the future is polled is not lost).
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServerError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+    })
+}
+
 impl<D: Device> Server<D> {
     /// Wrap a device with default capabilities. Calls [`Device::attach`].
     pub fn new(device: D) -> Self {
@@ -108,17 +122,12 @@ impl<D: Device> Server<D> {
     }
 
     /// Serve on `path` until SIGINT or SIGTERM; returns the device.
+    ///
+    /// A process serving many devices should rather create one [`shutdown_signal`] future,
+    /// share it (e.g. through a `tokio::sync::watch`) and call [`Self::serve_until`] per device.
     pub async fn serve(self, path: impl AsRef<Path>) -> Result<D, ServerError> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
-        let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
-        self.serve_until(path, async move {
-            tokio::select! {
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            }
-        })
-        .await
+        let signal = shutdown_signal()?;
+        self.serve_until(path, signal).await
     }
 
     /// Serve on `path` until `shutdown` completes; removes the socket and returns the device.
