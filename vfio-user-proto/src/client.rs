@@ -143,12 +143,15 @@ impl Client {
     }
 
     fn limits(&self) -> Limits {
+        // Never trust a server's announcement beyond QEMU's own ceiling (64 MiB).
+        const CEILING: u32 = 64 << 20;
+        let xfer = self
+            .server
+            .max_data_xfer_size
+            .max(self.ours.max_data_xfer_size)
+            .min(CEILING);
         Limits {
-            max_msg_size: (self
-                .server
-                .max_data_xfer_size
-                .max(self.ours.max_data_xfer_size) as usize)
-                .saturating_add(MSG_OVERHEAD),
+            max_msg_size: (xfer as usize).saturating_add(MSG_OVERHEAD),
             max_fds: self.ours.max_msg_fds as usize,
         }
     }
