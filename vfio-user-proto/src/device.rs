@@ -99,7 +99,9 @@ pub struct IrqInfo {
 pub trait Device: Send + 'static {
     /// DEVICE_GET_INFO.
     fn device_info(&self) -> DeviceInfo;
-    /// REGION_INFO for `index`; `None` for an index >= `num_regions`.
+    /// REGION_INFO for `index`; `None` for an index >= `num_regions`. The server also uses
+    /// `flags` (READ/WRITE) and `size` to bounds-check every access, caching them per
+    /// connection, so a region's size must not change while a client is connected.
     fn region_info(&self, index: u32) -> Option<RegionInfo>;
     /// GET_IRQ_INFO for `index`; `None` for an index >= `num_irqs`.
     fn irq_info(&self, index: u32) -> Option<IrqInfo>;
