@@ -13,6 +13,20 @@ use std::sync::Arc;
 
 pub use nix::errno::Errno;
 
+pub use crate::dma::{DmaError, DmaHandle, DmaMapping};
+pub use crate::irq::{IrqError, IrqHandle};
+
+/// Handles the server gives a device once, in [`Device::attach`], before any client connects.
+/// Both stay valid for the life of the server and always refer to the current client's DMA
+/// mappings and interrupt eventfds (empty while no client is connected).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceContext {
+    /// Read and write client (guest) memory.
+    pub dma: DmaHandle,
+    /// Raise interrupts (write the eventfd the client registered with SET_IRQS).
+    pub irqs: IrqHandle,
+}
+
 bitflags::bitflags! {
     /// `vfio_device_info.flags` (VFIO_DEVICE_FLAGS_*).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,4 +117,27 @@ pub trait Device: Send + 'static {
     fn connected(&mut self) {}
     /// The client went away; DMA mappings and IRQ eventfds are already dropped.
     fn disconnected(&mut self) {}
+
+    // ----- Added after the first contract; all have no-op defaults. -----
+
+    /// Called once by [`crate::Server::new`] (before any client connects) with the handles
+    /// for DMA and interrupts. Keep clones of them to access guest memory or raise IRQs from
+    /// any thread or task later.
+    fn attach(&mut self, ctx: DeviceContext) {
+        let _ = ctx;
+    }
+    /// DMA_MAP added a window (already in the table, so [`DmaHandle`] can access it).
+    fn dma_mapped(&mut self, map: &DmaMapping) {
+        let _ = map;
+    }
+    /// DMA_UNMAP removed a window (already gone from the table). Called once per window,
+    /// including for the unmap-all flag. Not called on disconnect (see `disconnected`).
+    fn dma_unmapped(&mut self, map: &DmaMapping) {
+        let _ = map;
+    }
+    /// DEVICE_SET_IRQS changed IRQ index `index` (eventfds assigned or removed, vectors
+    /// masked or unmasked). The new state is visible through [`IrqHandle`].
+    fn irqs_changed(&mut self, index: u32) {
+        let _ = index;
+    }
 }
