@@ -336,14 +336,14 @@ pub struct PciIds {
     pub subsystem_vendor: Option<u16>,
 }
 
-/// `PciMemoryRegion`: a BAR as the guest programmed it. `address` is all ones
-/// (`u64::MAX` or `0xffff_ffff` depending on BAR width) while unassigned.
+/// `PciMemoryRegion`: a BAR as the guest programmed it. QMP reports `address` -1 while the
+/// BAR is unassigned or decoding is disabled; see [`PciRegion::assigned_address`].
 #[derive(Debug, Clone, Deserialize)]
 pub struct PciRegion {
     pub bar: u8,
     #[serde(rename = "type")]
     pub kind: String,
-    pub address: u64,
+    pub address: i64,
     pub size: u64,
     pub prefetch: Option<bool>,
     pub mem_type_64: Option<bool>,
@@ -365,7 +365,19 @@ pub struct PciBusRange {
     pub subordinate: u8,
 }
 
+impl PciRegion {
+    /// The address the guest assigned and enabled, if any (not -1, not 0).
+    pub fn assigned_address(&self) -> Option<u64> {
+        u64::try_from(self.address).ok().filter(|&a| a != 0)
+    }
+}
+
 impl PciDevice {
+    /// BAR `bar`, if the device has it.
+    pub fn region(&self, bar: u8) -> Option<&PciRegion> {
+        self.regions.iter().find(|r| r.bar == bar)
+    }
+
     /// This device followed by everything behind it (depth first).
     pub fn walk(&self) -> Vec<&PciDevice> {
         let mut out = vec![self];
@@ -438,6 +450,19 @@ mod tests {
             (0x1de5, 1, 0x1200)
         );
         assert_eq!(mock.regions[0].size, 4096);
+        assert_eq!(
+            mock.region(0).unwrap().assigned_address(),
+            Some(0xfe20_0000)
+        );
+    }
+
+    #[test]
+    fn unassigned_bars_report_minus_one() {
+        let region: PciRegion = serde_json::from_value(json!(
+            {"bar": 0, "type": "memory", "address": -1, "size": 4096}
+        ))
+        .unwrap();
+        assert_eq!(region.assigned_address(), None);
     }
 
     #[test]
