@@ -132,3 +132,109 @@ pub fn vfio_user_warnings(stderr: &str) -> Vec<&str> {
         })
         .collect()
 }
+
+/// Check that the DMA windows a vfio-user server holds cover the guest's RAM `[0, ram_bytes)`
+/// the way QEMU maps a `memory-backend-memfd` guest: every byte from 1 MiB up is in a window
+/// backed by a file descriptor (mapped into the server, writable); below 1 MiB the legacy
+/// BIOS shadow (PAM) ranges may be read-only windows without an fd, but every byte is mapped.
+/// Returns a one-line description of the first gap.
+pub fn check_ram_coverage(
+    windows: &[vfio_user_proto::DmaMapping],
+    ram_bytes: u64,
+) -> Result<(), String> {
+    const ONE_MIB: u64 = 1 << 20;
+    let covered = |addr: u64, fd_only: bool| {
+        windows
+            .iter()
+            .filter(|w| !fd_only || (w.mapped && w.writable))
+            .find(|w| w.iova <= addr && addr < w.iova.saturating_add(w.size))
+            .map(|w| {
+                let end = w.iova.saturating_add(w.size);
+                // A window without an fd only vouches for the range below 1 MiB.
+                if w.mapped && w.writable {
+                    end
+                } else {
+                    end.min(ONE_MIB)
+                }
+            })
+    };
+    let mut addr = 0;
+    while addr < ram_bytes {
+        let fd_only = addr >= ONE_MIB;
+        match covered(addr, fd_only) {
+            Some(end) => addr = end,
+            None => {
+                return Err(format!(
+                    "guest RAM at {addr:#x} is not in any {}DMA window; windows: {windows:?}",
+                    if fd_only { "fd-backed writable " } else { "" }
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+    use vfio_user_proto::DmaMapping;
+
+    fn window(iova: u64, size: u64, fd: bool, writable: bool) -> DmaMapping {
+        DmaMapping {
+            iova,
+            size,
+            readable: true,
+            writable,
+            mapped: fd,
+        }
+    }
+
+    #[test]
+    fn ram_fully_in_fd_windows_is_covered() {
+        let w = [
+            window(0, 128 << 20, true, true),
+            window(128 << 20, 64 << 20, true, true),
+        ];
+        assert_eq!(check_ram_coverage(&w, 192 << 20), Ok(()));
+    }
+
+    #[test]
+    fn bios_shadow_below_one_mib_may_be_read_only_without_fd() {
+        let w = [
+            window(0, 0xd8000, true, true),
+            window(0xd8000, 0x28000, false, false),
+            window(0x100000, 127 << 20, true, true),
+        ];
+        assert_eq!(check_ram_coverage(&w, 128 << 20), Ok(()));
+    }
+
+    #[test]
+    fn ram_above_one_mib_without_fd_is_a_gap() {
+        let w = [
+            window(0, 64 << 20, true, true),
+            window(64 << 20, 64 << 20, false, true),
+        ];
+        let err = check_ram_coverage(&w, 128 << 20).unwrap_err();
+        assert!(err.contains("0x4000000"), "{err}");
+    }
+
+    #[test]
+    fn a_window_without_fd_does_not_vouch_above_one_mib() {
+        let w = [window(0, 128 << 20, false, true)];
+        assert!(check_ram_coverage(&w, 128 << 20).is_err());
+    }
+
+    #[test]
+    fn unmapped_ram_is_a_gap() {
+        let w = [window(0, 64 << 20, true, true)];
+        assert!(check_ram_coverage(&w, 128 << 20).is_err());
+    }
+
+    #[test]
+    fn vfio_warnings_are_picked_out_of_stderr() {
+        let stderr = "qemu-system-x86_64: -device {...}: warning: vfio-user: Could not enable error recovery for the device\nsomething else\n";
+        assert_eq!(vfio_user_warnings(stderr).len(), 1);
+        assert!(vfio_user_warnings("").is_empty());
+    }
+}

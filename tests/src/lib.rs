@@ -5,6 +5,8 @@
 //! - [`TestDir`]: a short scratch directory, so socket paths fit `sun_path`.
 //! - [`Guest`]: a QEMU guest built from a [`qemu::Topology`], with QMP, logs, and helpers to
 //!   wait for firmware PCI enumeration.
+//! - [`Observed`]: wraps a vfio-user device model and records connects, DMA windows and
+//!   region accesses, so tests see from the host what crossed the socket.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -22,8 +24,10 @@
 //! ```
 
 pub mod guest;
+pub mod observed;
 
 pub use guest::{vfio_user_warnings, Guest};
+pub use observed::{Access, Observations, Observed, ObservedHandle};
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
