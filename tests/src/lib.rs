@@ -23,9 +23,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod device_bin;
 pub mod guest;
 pub mod observed;
 
+pub use device_bin::{device_binary, DeviceProcess};
 pub use guest::{vfio_user_warnings, Guest};
 pub use observed::{Access, Observations, Observed, ObservedHandle};
 
