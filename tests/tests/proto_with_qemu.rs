@@ -25,6 +25,19 @@ async fn serve_toy(
     oneshot::Sender<()>,
     JoinHandle<Result<Observed<ToyDevice>, vfio_user_proto::ServerError>>,
 )> {
+    serve_toy_function(socket, 0x00fe, false).await
+}
+
+/// Like [`serve_toy`] with a chosen device ID and the multifunction header bit.
+async fn serve_toy_function(
+    socket: &Path,
+    device_id: u16,
+    multifunction: bool,
+) -> anyhow::Result<(
+    ObservedHandle,
+    oneshot::Sender<()>,
+    JoinHandle<Result<Observed<ToyDevice>, vfio_user_proto::ServerError>>,
+)> {
     let (device, seen) = Observed::new(ToyDevice::new());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(
@@ -42,8 +55,13 @@ async fn serve_toy(
             Err(e) => anyhow::bail!("toy server did not come up: {e}"),
         }
     };
-    client.region_write(7, 0, &[0xe5, 0x1d, 0xfe, 0x00]).await?;
+    let [id_lo, id_hi] = device_id.to_le_bytes();
+    client
+        .region_write(7, 0, &[0xe5, 0x1d, id_lo, id_hi])
+        .await?;
     client.region_write(7, 8, &[0x01, 0x00, 0x00, 0x12]).await?;
+    let header_type = if multifunction { 0x80 } else { 0x00 };
+    client.region_write(7, 0x0e, &[header_type]).await?;
     drop(client);
     Ok((seen, stop, task))
 }
@@ -150,5 +168,75 @@ async fn one_server_serves_qemu_after_qemu_and_mmio_crosses_the_socket() -> anyh
     }
     let _ = stop.send(());
     task.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vfs_from_the_builder_are_functions_of_the_pf_slot_behind_their_numa_bus(
+) -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("proto-vf")?;
+    let mut servers = Vec::new();
+    for numa in 0..2 {
+        servers
+            .push(serve_toy_function(&dir.join(&format!("n{numa}pf.sock")), 0x00fe, true).await?);
+        for vf in 0..2 {
+            servers.push(
+                serve_toy_function(&dir.join(&format!("n{numa}vf{vf}.sock")), 0x00ff, false)
+                    .await?,
+            );
+        }
+    }
+    let topology = Topology::from_toml(&format!(
+        r#"
+        name = "vfs"
+        [[numa_nodes]]
+        cpus = 1
+        memory_mib = 128
+        [[numa_nodes.devices]]
+        socket = "{0}/n0pf.sock"
+        vfs = ["{0}/n0vf0.sock", "{0}/n0vf1.sock"]
+        [[numa_nodes]]
+        cpus = 1
+        memory_mib = 128
+        [[numa_nodes.devices]]
+        socket = "{0}/n1pf.sock"
+        vfs = ["{0}/n1vf0.sock", "{0}/n1vf1.sock"]
+        "#,
+        dir.path().display()
+    ))?;
+    let mut guest = Guest::start(require_qemu(), &topology, dir.path()).await?;
+    let ids = [
+        "mock0_0",
+        "mock0_0_vf0",
+        "mock0_0_vf1",
+        "mock1_0",
+        "mock1_0_vf0",
+        "mock1_0_vf1",
+    ];
+    let devices = guest.wait_for_bars(&ids, 0, ENUMERATION_LIMIT).await?;
+    let seen: Vec<(u8, u8, u8, u16)> = devices
+        .iter()
+        .map(|d| (d.bus, d.slot, d.function, d.id.device))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (17, 0, 0, 0x00fe),
+            (17, 0, 1, 0x00ff),
+            (17, 0, 2, 0x00ff),
+            (33, 0, 0, 0x00fe),
+            (33, 0, 1, 0x00ff),
+            (33, 0, 2, 0x00ff),
+        ],
+        "(bus, slot, function, device) per builder id"
+    );
+    let stderr = guest.process.stderr_text();
+    guest.quit().await?;
+    assert_eq!(stderr.trim(), "", "QEMU stderr");
+    for (_, stop, task) in servers {
+        let _ = stop.send(());
+        task.await??;
+    }
     Ok(())
 }
