@@ -55,8 +55,8 @@ parse_seeds = {
     "version_0_1": version(0, 1),
     "version_no_json": msg(1, struct.pack("<HH", 0, 0)),
     "version_unterminated": msg(1, struct.pack("<HH", 0, 0) + b"{}"),
-    "dma_write_qemu_layout": msg(12, struct.pack("<QI", 0x1000, 3) + b"\1\2\3" + b"\0" * 4),
-    "dma_read_qemu_layout": msg(11, struct.pack("<QI", 0x1000, 3) + b"\0" * 4),
+    "dma_write_spec_layout": msg(12, struct.pack("<QQ", 0x1000, 3) + b"\1\2\3"),
+    "dma_read_spec_layout": msg(11, struct.pack("<QQ", 0x1000, 3)),
     "mig_data_write": msg(18, struct.pack("<II", 12, 4) + b"abcd"),
 }
 parse_seeds.update(seeds)

@@ -16,7 +16,15 @@ struct Minimal {
     config: [u8; 4096],
     bar0: [u8; 4096],
     bar0_addr: u32,
+    dma: Option<DmaHandle>,
 }
+
+/// x86 reset vector: the last 16 bytes below 4 GiB (in the BIOS ROM, which QEMU maps without
+/// an fd, so reading it exercises DMA_READ messages in QEMU's layout).
+const RESET_VECTOR: u64 = 0xffff_fff0;
+/// Where a DMA_WRITE probe lands when guest RAM has no fd (plain `-m`), check with
+/// `xp /2wx 0x8000000` in the monitor.
+const WRITE_PROBE: u64 = 0x0800_0000;
 
 impl Minimal {
     fn new() -> Self {
@@ -31,11 +39,37 @@ impl Minimal {
             config,
             bar0,
             bar0_addr: 0,
+            dma: None,
         }
     }
 }
 
 impl Device for Minimal {
+    fn attach(&mut self, ctx: DeviceContext) {
+        self.dma = Some(ctx.dma);
+    }
+    fn dma_mapped(&mut self, map: &DmaMapping) {
+        let Some(dma) = self.dma.clone() else { return };
+        let contains = |a: u64, n: u64| a >= map.iova && a + n <= map.iova + map.size;
+        // Message-based DMA needs a task: the client answers only after this call returns.
+        if !map.mapped && map.readable && contains(RESET_VECTOR, 16) {
+            tokio::spawn(async move {
+                let mut b = [0u8; 16];
+                match dma.read_async(RESET_VECTOR, &mut b).await {
+                    Ok(()) => tracing::info!(bytes = ?b, "DMA_READ probe of the reset vector"),
+                    Err(e) => tracing::warn!(error = %e, "DMA_READ probe failed"),
+                }
+            });
+        } else if !map.mapped && map.writable && contains(WRITE_PROBE, 8) {
+            tokio::spawn(async move {
+                match dma.write_async(WRITE_PROBE, b"VFIOUSER").await {
+                    Ok(()) => tracing::info!(iova = WRITE_PROBE, "DMA_WRITE probe wrote VFIOUSER"),
+                    Err(e) => tracing::warn!(error = %e, "DMA_WRITE probe failed"),
+                }
+            });
+        }
+    }
+
     fn device_info(&self) -> DeviceInfo {
         DeviceInfo {
             flags: DeviceFlags::PCI | DeviceFlags::RESET,

@@ -17,9 +17,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::dispatch::MSG_OVERHEAD;
 use crate::negotiate::{self, Caps, PeerCaps, VersionError};
 use crate::transport::{self, Limits, Message, Received, TransportError};
-use crate::wire::{
-    self, Command, DmaMapFlags, DmaUnmapFlags, Header, IrqSetFlags, MessageType, HEADER_SIZE,
-};
+use crate::wire::{self, Command, DmaMapFlags, DmaUnmapFlags, Header, IrqSetFlags, MessageType};
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +80,7 @@ pub struct Client {
     ours: Caps,
     /// Windows mapped without an fd: served to the server's DMA_READ/DMA_WRITE from here.
     memory: BTreeMap<u64, (Vec<u8>, DmaMapFlags)>,
+    dma_layout: wire::DmaRwLayout,
 }
 
 impl Client {
@@ -110,6 +109,7 @@ impl Client {
             server: PeerCaps::default(),
             ours: Caps::default(),
             memory: BTreeMap::new(),
+            dma_layout: wire::DmaRwLayout::default(),
         }
     }
 
@@ -130,6 +130,11 @@ impl Client {
         negotiate::check_reply(&v, minor)?;
         self.server = v.caps;
         Ok(v)
+    }
+
+    /// Expect DMA_READ/DMA_WRITE from the server in `layout` (default: spec, like QEMU 11.1.3).
+    pub fn set_dma_layout(&mut self, layout: wire::DmaRwLayout) {
+        self.dma_layout = layout;
     }
 
     /// Capabilities the server announced.
@@ -236,54 +241,48 @@ impl Client {
         }
     }
 
-    /// Answer a DMA_READ/DMA_WRITE like QEMU does (QEMU's layout, data at offset 28).
+    /// Answer a DMA_READ/DMA_WRITE like QEMU does (in the configured layout).
     async fn serve_request(&mut self, msg: Message) -> Result<(), ClientError> {
         let h = msg.header;
+        let layout = self.dma_layout;
+        let write = h.cmd() == Command::DMA_WRITE;
         let result: Result<Vec<u8>, Errno> = (|| {
-            if msg.body.len() + HEADER_SIZE < wire::QEMU_DMA_MSG_OVERHEAD {
-                return Err(Errno::EINVAL);
+            if h.cmd() != Command::DMA_READ && !write {
+                return Err(Errno::ENOSYS);
             }
-            let (acc, rest) =
-                wire::QemuDmaAccess::read_from_prefix(&msg.body).map_err(|_| Errno::EINVAL)?;
-            let (iova, count) = (acc.offset, acc.count as usize);
+            let rw = layout.parse(&msg.body, write).ok_or(Errno::EINVAL)?;
+            let count = usize::try_from(rw.count).map_err(|_| Errno::E2BIG)?;
+            if count > self.ours.max_data_xfer_size as usize {
+                return Err(Errno::E2BIG);
+            }
             let (base, (mem, flags)) = self
                 .memory
-                .range(..=iova)
+                .range_mut(..=rw.iova)
                 .next_back()
                 .ok_or(Errno::EFAULT)?;
-            let off = usize::try_from(iova - base).map_err(|_| Errno::EFAULT)?;
+            let off = usize::try_from(rw.iova - base).map_err(|_| Errno::EFAULT)?;
             let end = off.checked_add(count).ok_or(Errno::EFAULT)?;
             if end > mem.len() {
                 return Err(Errno::EFAULT);
             }
-            match h.cmd() {
-                Command::DMA_READ => {
-                    if !flags.contains(DmaMapFlags::READ) {
-                        return Err(Errno::EPERM);
-                    }
-                    let mut out = acc.as_bytes().to_vec();
-                    out.extend_from_slice(&mem[off..end]);
-                    out.extend_from_slice(&[0u8; 4]);
-                    Ok(out)
+            if write {
+                if !flags.contains(DmaMapFlags::WRITE) {
+                    return Err(Errno::EPERM);
                 }
-                Command::DMA_WRITE => {
-                    if !flags.contains(DmaMapFlags::WRITE) {
-                        return Err(Errno::EPERM);
-                    }
-                    let data = rest.get(..count).ok_or(Errno::E2BIG)?;
-                    if let Some((_, (mem, _))) = self.memory.range_mut(..=iova).next_back() {
-                        mem[off..end].copy_from_slice(data);
-                    }
-                    Ok(Vec::new())
+                mem[off..end].copy_from_slice(rw.data);
+                Ok(wire::encode(h.reply_to(0), &[]))
+            } else {
+                if !flags.contains(DmaMapFlags::READ) {
+                    return Err(Errno::EPERM);
                 }
-                _ => Err(Errno::ENOSYS),
+                Ok(layout.read_reply(&h, rw.iova, &mem[off..end]))
             }
         })();
         if h.no_reply() {
             return Ok(());
         }
         let bytes = match result {
-            Ok(b) => wire::encode(h.reply_to(0), &[&b]),
+            Ok(b) => b,
             Err(e) => h.error_reply_to(e as i32).as_bytes().to_vec(),
         };
         self.send_raw(&bytes, &[]).await

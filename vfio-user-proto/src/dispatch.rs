@@ -60,6 +60,8 @@ pub struct Core<D: Device> {
     pub(crate) caps: Caps,
     pub(crate) dma: DmaHandle,
     pub(crate) irqs: IrqHandle,
+    /// Layout of DMA_READ/DMA_WRITE messages sent to clients.
+    pub(crate) dma_layout: wire::DmaRwLayout,
 }
 
 type Body = Result<(Vec<u8>, Option<Arc<OwnedFd>>), Errno>;
@@ -88,6 +90,7 @@ impl<D: Device> Core<D> {
             caps,
             dma,
             irqs,
+            dma_layout: wire::DmaRwLayout::default(),
         }
     }
 

@@ -2,8 +2,9 @@
 //!
 //! DMA_MAP with a file descriptor is mmapped (shared, with the protection its flags ask for)
 //! and served by plain bounds-checked copies. DMA_MAP without a descriptor records the window
-//! only; accesses to it become DMA_READ/DMA_WRITE messages to the client, in the layout QEMU
-//! uses (see [`crate::wire::QemuDmaAccess`]), and are only possible from async code
+//! only; accesses to it become DMA_READ/DMA_WRITE messages to the client, in the layout the
+//! server is configured for (default: the spec layout QEMU 11.1.3 speaks, see
+//! [`crate::wire::DmaRwLayout`]), and are only possible from async code
 //! ([`DmaHandle::read_async`] / [`DmaHandle::write_async`]).
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,11 +14,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use nix::errno::Errno;
 use tokio::sync::oneshot;
-use zerocopy::IntoBytes;
 
 use crate::sys::MappedFile;
 use crate::transport::{Message, Writer};
-use crate::wire::{self, Command, DmaMapFlags, Header, QemuDmaAccess};
+use crate::wire::{DmaMapFlags, DmaRwLayout};
 
 /// A DMA window as the device sees it (for [`crate::Device::dma_mapped`] notifications).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,15 +173,17 @@ pub(crate) struct PeerLink {
     next_id: AtomicU16,
     /// Largest `count` the client accepts per DMA message.
     pub(crate) peer_max_xfer: usize,
+    layout: DmaRwLayout,
 }
 
 impl PeerLink {
-    pub(crate) fn new(writer: Arc<Writer>, peer_max_xfer: usize) -> Self {
+    pub(crate) fn new(writer: Arc<Writer>, peer_max_xfer: usize, layout: DmaRwLayout) -> Self {
         Self {
             writer,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU16::new(0x8000),
             peer_max_xfer,
+            layout,
         }
     }
 
@@ -231,21 +233,11 @@ impl PeerLink {
         for (i, part) in buf.chunks_mut(chunk).enumerate() {
             let at = iova + (i * chunk) as u64;
             let id = self.next_id();
-            let body = QemuDmaAccess {
-                offset: at,
-                count: part.len() as u32,
-            };
-            // QEMU requires size >= sizeof(VFIOUserDMARW) == 32: pad the 12-byte body.
-            let bytes = wire::encode(
-                Header::command(id, Command::DMA_READ, 0),
-                &[body.as_bytes(), &[0u8; 4]],
-            );
+            let bytes = self.layout.read_request(id, at, part.len() as u32);
             let reply = self.request(bytes, id).await?;
-            // Reply data starts at message offset 28 (QEMU's layout).
-            let start = wire::QEMU_DMA_DATA_OFFSET - wire::HEADER_SIZE;
-            let data = reply
-                .body
-                .get(start..start + part.len())
+            let data = self
+                .layout
+                .read_reply_data(&reply.body, part.len())
                 .ok_or(DmaError::Transport)?;
             part.copy_from_slice(data);
         }
@@ -257,15 +249,7 @@ impl PeerLink {
         for (i, part) in buf.chunks(chunk).enumerate() {
             let at = iova + (i * chunk) as u64;
             let id = self.next_id();
-            let body = QemuDmaAccess {
-                offset: at,
-                count: part.len() as u32,
-            };
-            // Size is 32 + count in QEMU's accounting: data at 28, then 4 bytes of tail padding.
-            let bytes = wire::encode(
-                Header::command(id, Command::DMA_WRITE, 0),
-                &[body.as_bytes(), part, &[0u8; 4]],
-            );
+            let bytes = self.layout.write_request(id, at, part);
             self.request(bytes, id).await?;
         }
         Ok(())

@@ -47,6 +47,21 @@
 //!
 //! In a binary use [`Server::serve`], which stops on SIGINT/SIGTERM.
 //!
+//! # Interoperability notes (verified with QEMU 11.1.3, 2026-11-23)
+//!
+//! The `minimal_pci` example served a PCIe function that QEMU's `vfio-user-pci` realized
+//! (VERSION with QEMU's capabilities, DMA_MAP with memfd descriptors for guest RAM and without
+//! for ROMs, REGION_INFO, IRQ setup), SeaBIOS assigned BAR0, the monitor's `xp` read BAR0
+//! through the socket, a second and third QEMU connected after the first quit, and SIGTERM
+//! removed the socket. Message-based DMA: QEMU 11.1.3 accepts DMA_READ/DMA_WRITE only in
+//! the spec layout (`u64 address; u64 count`, data at offset 32; see
+//! [`wire::DmaRwLayout`]); the older 32-bit-count layout is refused with `E2BIG`.
+//!
+//! Other facts the server follows: QEMU receives replies into its request buffer, so the
+//! VERSION reply is never longer than the request; REGION_INFO with too small an `argsz`
+//! reports the needed size with CAPS clear and no fd (QEMU rejects CAPS with `cap_offset`
+//! 0); posted writes (`no_reply`) never get a reply, even on error.
+//!
 //! # What it does not do
 //!
 //! Live migration (DEVICE_FEATURE, MIG_DATA_*: `ENOTSUP`), dirty page logging, ioeventfds

@@ -44,6 +44,8 @@ pub enum ServerError {
 pub struct ServerConfig {
     /// Capabilities advertised in the VERSION reply (and enforced on receive).
     pub caps: Caps,
+    /// DMA_READ/DMA_WRITE layout for message-based DMA (default: spec, as QEMU 11.1.3).
+    pub dma_layout: crate::wire::DmaRwLayout,
 }
 
 /// A vfio-user server for one device.
@@ -96,9 +98,9 @@ impl<D: Device> Server<D> {
     }
 
     pub fn with_config(device: D, config: ServerConfig) -> Self {
-        Self {
-            core: Core::new(device, config.caps),
-        }
+        let mut core = Core::new(device, config.caps);
+        core.dma_layout = config.dma_layout;
+        Self { core }
     }
 
     pub fn device(&self) -> &D {
@@ -249,7 +251,11 @@ impl<D: Device> Server<D> {
                         .min(self.core.caps.max_data_xfer_size)
                         as usize)
                         .max(1);
-                    let link = Arc::new(PeerLink::new(writer.clone(), peer_max));
+                    let link = Arc::new(PeerLink::new(
+                        writer.clone(),
+                        peer_max,
+                        self.core.dma_layout,
+                    ));
                     if let Ok(mut l) = self.core.dma.shared.link.lock() {
                         *l = Some(link);
                     }

@@ -216,6 +216,19 @@ async fn device_irq_and_region_io_fd_info_are_reported() {
         assert_ne!(i.flags & crate::IrqInfoFlags::EVENTFD.bits(), 0);
     }
     assert_eq!(errno_of(c.irq_info(5).await), Errno::EINVAL);
+    // A client built against a newer vfio.h sends a 24-byte vfio_device_info; argsz 16 back.
+    let mut big = wire::DeviceInfo {
+        argsz: 24,
+        ..Default::default()
+    }
+    .as_bytes()
+    .to_vec();
+    big.extend_from_slice(&[0; 8]);
+    let r = c
+        .request(Command::DEVICE_GET_INFO, &[&big], &[])
+        .await
+        .expect("larger struct accepted");
+    assert_eq!(&r.body[0..4], &16u32.to_ne_bytes());
     let req = wire::RegionIoFds {
         argsz: 16,
         index: 0,
@@ -774,9 +787,10 @@ async fn message_based_dma_speaks_qemus_layout() {
     h.stop().await;
 }
 
+/// The bytes QEMU 11.1.3 accepts (verified against the real binary): `u64 address; u64 count`
+/// then data at message offset 32, size `32 + count`; a header-only reply completes a write.
 #[tokio::test]
-async fn message_dma_wire_bytes_match_qemu_vfiouserdmarw() {
-    // Look at the raw DMA_READ/DMA_WRITE bytes the server sends.
+async fn message_dma_wire_bytes_use_the_spec_layout_qemu_11_accepts() {
     let h = Harness::start().await;
     let mut c = h.client().await;
     c.dma_map_memory(0x1000, 0x1000, DmaMapFlags::READ | DmaMapFlags::WRITE)
@@ -786,20 +800,59 @@ async fn message_dma_wire_bytes_match_qemu_vfiouserdmarw() {
     let w = tokio::spawn(async move { dma.write_async(0x1008, &[1, 2, 3]).await });
     let m = c.recv_raw().await.expect("recv").expect("request");
     assert_eq!(m.header.cmd(), Command::DMA_WRITE);
-    assert_eq!(
-        m.header.size as usize,
-        wire::QEMU_DMA_MSG_OVERHEAD + 3,
-        "size = sizeof(VFIOUserDMARW) + count"
-    );
+    assert_eq!(m.header.size as usize, wire::DMA_MSG_OVERHEAD + 3);
     assert_eq!(&m.body[0..8], &0x1008u64.to_ne_bytes());
-    assert_eq!(&m.body[8..12], &3u32.to_ne_bytes());
-    assert_eq!(&m.body[12..15], &[1, 2, 3], "data at message offset 28");
+    assert_eq!(&m.body[8..16], &3u64.to_ne_bytes(), "64-bit count");
+    assert_eq!(&m.body[16..19], &[1, 2, 3], "data at message offset 32");
     let reply = m.header.reply_to(16);
     c.send_raw(reply.as_bytes(), &[]).await.expect("reply");
     w.await
         .expect("join")
         .expect("write completes on header-only reply");
     h.stop().await;
+}
+
+/// The legacy 32-bit-count layout stays available for older clients.
+#[tokio::test]
+async fn legacy_dma_layout_round_trips_when_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("legacy.sock");
+    let dev = ToyDevice::new();
+    let state = dev.state.clone();
+    let config = crate::ServerConfig {
+        dma_layout: wire::DmaRwLayout::Legacy32,
+        ..Default::default()
+    };
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::with_config(dev, config).serve_until(sock.clone(), async {
+            let _ = rx.await;
+        }),
+    );
+    while !sock.exists() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut c = Client::connect(&sock).await.expect("connect");
+    c.set_dma_layout(wire::DmaRwLayout::Legacy32);
+    c.dma_map_memory(0x1000, 0x1000, DmaMapFlags::READ | DmaMapFlags::WRITE)
+        .await
+        .expect("map");
+    c.dma_memory(0x1000).expect("mem")[..4].copy_from_slice(b"abcd");
+    let dma = state.lock().expect("lock").ctx.clone().expect("ctx").dma;
+    let r = tokio::spawn(async move {
+        let mut b = [0u8; 4];
+        dma.read_async(0x1000, &mut b).await.map(|()| b)
+    });
+    let m = c.recv_raw().await.expect("recv").expect("request");
+    assert_eq!(&m.body[8..12], &4u32.to_ne_bytes(), "32-bit count");
+    assert_eq!(m.header.size as usize, wire::DMA_MSG_OVERHEAD);
+    let reply = wire::DmaRwLayout::Legacy32.read_reply(&m.header, 0x1000, b"abcd");
+    assert_eq!(&reply[28..32], b"abcd", "legacy data at message offset 28");
+    c.send_raw(&reply, &[]).await.expect("reply");
+    assert_eq!(&r.await.expect("join").expect("read"), b"abcd");
+    drop(c);
+    let _ = tx.send(());
+    server.await.expect("join").expect("server");
 }
 
 #[tokio::test]
@@ -1090,5 +1143,34 @@ async fn pending_message_dma_fails_instead_of_hanging_when_client_leaves() {
         .expect("join");
     assert_eq!(r, Err(crate::DmaError::Transport));
     h.assert_serves_new_client().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn one_client_at_a_time_and_the_waiting_one_is_served_next() {
+    let h = Harness::start().await;
+    let mut first = h.client().await;
+    let sock = h.sock.clone();
+    let second = tokio::spawn(async move {
+        let mut c = Client::connect(&sock)
+            .await
+            .expect("second client negotiates eventually");
+        c.read_u32(0, 0).await.expect("read")
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !second.is_finished(),
+        "second client waits while the first is connected"
+    );
+    assert_eq!(
+        first.read_u32(0, 0).await.expect("first still served"),
+        ToyDevice::MAGIC
+    );
+    drop(first);
+    let v = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("second served after the first leaves")
+        .expect("join");
+    assert_eq!(v, ToyDevice::MAGIC);
     h.stop().await;
 }

@@ -3,7 +3,10 @@
 //!
 //! Everything here is synchronous and non-blocking; [`crate::transport`] wraps the socket calls
 //! in tokio readiness.
-#![allow(unsafe_code)] // Reason: fd adoption (`OwnedFd::from_raw_fd`) and mmap/munmap/memcpy.
+#![allow(
+    unsafe_code,
+    reason = "adopting received fds (OwnedFd::from_raw_fd), mmap/munmap of client memory and copies in and out of it"
+)]
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::num::NonZeroUsize;

@@ -446,11 +446,26 @@ pub struct RegionAccess {
 // ---------------------------------------------------------------------------------------------
 // DMA_READ (11) / DMA_WRITE (12)
 
-/// DMA_READ/DMA_WRITE body in the layout **QEMU** uses (`VFIOUserDMARW`): `u64 offset; u32
-/// count; char data[]`. In C the struct is 32 bytes with the header (4 bytes of tail padding)
-/// while `data` starts at byte 28, so QEMU: requires `size >= 32`, reads/writes data at
-/// message offset 28 ([`QEMU_DMA_DATA_OFFSET`]) and sizes messages as `32 + count`. This
-/// packed struct is the 12 bytes after the header.
+/// DMA_READ/DMA_WRITE body in the **spec** layout: `u64 address; u64 count`, data after it
+/// (message offset 32). **QEMU 11.1.3 speaks this layout** — verified on 2026-11-23 against
+/// the Debian trixie-backports build: a DMA_WRITE in the 32-bit-count layout below is refused
+/// with `E2BIG` (QEMU reads `count` as 64 bits, taking data bytes as its high half), while this
+/// layout passes QEMU's checks. Requests are `32 + count` bytes (DMA_WRITE) or 32 bytes
+/// (DMA_READ); the DMA_READ reply repeats the 16-byte body followed by the data.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct SpecDmaAccess {
+    pub address: u64,
+    pub count: u64,
+}
+
+/// DMA_READ/DMA_WRITE body in the **legacy** layout of QEMU's early vfio-user client
+/// (`VFIOUserDMARW` with `u64 offset; u32 count; char data[]`): the C struct is 32 bytes with
+/// the header but `data` starts at message offset 28 ([`LEGACY_DMA_DATA_OFFSET`]), and
+/// messages are sized `32 + count`. Not what QEMU 11.1.3 accepts (see [`SpecDmaAccess`]); kept
+/// selectable through [`DmaRwLayout::Legacy32`] for older clients.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
 )]
@@ -461,21 +476,117 @@ pub struct QemuDmaAccess {
     pub count: u32,
 }
 
-/// Message offset of DMA data in QEMU's layout (`offsetof(VFIOUserDMARW, data)`).
-pub const QEMU_DMA_DATA_OFFSET: usize = HEADER_SIZE + 12;
-/// `sizeof(VFIOUserDMARW)` in QEMU: the minimum message size, and the fixed overhead
-/// QEMU adds to `count` when sizing DMA messages.
-pub const QEMU_DMA_MSG_OVERHEAD: usize = 32;
+/// Message offset of DMA data in the legacy layout (`offsetof(VFIOUserDMARW, data)`).
+pub const LEGACY_DMA_DATA_OFFSET: usize = HEADER_SIZE + 12;
+/// Fixed size of a DMA_READ/DMA_WRITE message without data, in both layouts (header plus
+/// 16 bytes; the legacy layout counts its 4 bytes of C tail padding).
+pub const DMA_MSG_OVERHEAD: usize = 32;
 
-/// DMA_READ/DMA_WRITE body in the layout of the **spec** and libvfio-user: `u64 address;
-/// u64 count`. Not spoken by the server (QEMU does not understand it); kept for reference.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
-)]
-#[repr(C)]
-pub struct SpecDmaAccess {
-    pub address: u64,
+/// Which DMA_READ/DMA_WRITE layout a connection speaks (server to client requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmaRwLayout {
+    /// `{u64 address; u64 count; data}`: the spec, libvfio-user and QEMU 11.1.3 (verified).
+    #[default]
+    Spec,
+    /// `{u64 offset; u32 count; data at 28}` + 4 bytes tail padding: early QEMU vfio-user code.
+    Legacy32,
+}
+
+/// A decoded DMA_READ/DMA_WRITE request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaRw<'a> {
+    pub iova: u64,
     pub count: u64,
+    /// The data (DMA_WRITE): exactly `count` bytes. Empty for DMA_READ.
+    pub data: &'a [u8],
+}
+
+impl DmaRwLayout {
+    /// Message offset where data starts (requests and DMA_READ replies).
+    pub fn data_offset(self) -> usize {
+        match self {
+            Self::Spec => HEADER_SIZE + std::mem::size_of::<SpecDmaAccess>(),
+            Self::Legacy32 => LEGACY_DMA_DATA_OFFSET,
+        }
+    }
+
+    fn head(self, iova: u64, count: u64) -> Vec<u8> {
+        match self {
+            Self::Spec => SpecDmaAccess {
+                address: iova,
+                count,
+            }
+            .as_bytes()
+            .to_vec(),
+            Self::Legacy32 => QemuDmaAccess {
+                offset: iova,
+                count: count as u32,
+            }
+            .as_bytes()
+            .to_vec(),
+        }
+    }
+
+    fn tail(self) -> &'static [u8] {
+        match self {
+            Self::Spec => &[],
+            Self::Legacy32 => &[0; 4],
+        }
+    }
+
+    /// A DMA_READ request for `count` bytes at `iova`.
+    pub fn read_request(self, msg_id: u16, iova: u64, count: u32) -> Vec<u8> {
+        let head = self.head(iova, u64::from(count));
+        encode(
+            Header::command(msg_id, Command::DMA_READ, 0),
+            &[&head, self.tail()],
+        )
+    }
+
+    /// A DMA_WRITE request carrying `data` to `iova`.
+    pub fn write_request(self, msg_id: u16, iova: u64, data: &[u8]) -> Vec<u8> {
+        let head = self.head(iova, data.len() as u64);
+        encode(
+            Header::command(msg_id, Command::DMA_WRITE, 0),
+            &[&head, data, self.tail()],
+        )
+    }
+
+    /// The reply to a DMA_READ request `req` (its header) with the data read.
+    pub fn read_reply(self, req: &Header, iova: u64, data: &[u8]) -> Vec<u8> {
+        let head = self.head(iova, data.len() as u64);
+        encode(req.reply_to(0), &[&head, data, self.tail()])
+    }
+
+    /// The data of a DMA_READ reply body, if it holds `count` bytes.
+    pub fn read_reply_data(self, body: &[u8], count: usize) -> Option<&[u8]> {
+        let start = self.data_offset() - HEADER_SIZE;
+        body.get(start..start.checked_add(count)?)
+    }
+
+    /// Decode a DMA_READ/DMA_WRITE request body (`write` selects whether data must follow).
+    pub fn parse(self, body: &[u8], write: bool) -> Option<DmaRw<'_>> {
+        if body.len() + HEADER_SIZE < DMA_MSG_OVERHEAD {
+            return None;
+        }
+        let (iova, count) = match self {
+            Self::Spec => {
+                let (a, _) = SpecDmaAccess::read_from_prefix(body).ok()?;
+                (a.address, a.count)
+            }
+            Self::Legacy32 => {
+                let (a, _) = QemuDmaAccess::read_from_prefix(body).ok()?;
+                (a.offset, u64::from(a.count))
+            }
+        };
+        let data = if write {
+            let start = self.data_offset() - HEADER_SIZE;
+            body.get(start..start.checked_add(usize::try_from(count).ok()?)?)?
+        } else {
+            &[]
+        };
+        Some(DmaRw { iova, count, data })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,8 +662,9 @@ const _: () = {
     assert!(size_of::<IrqSet>() == 20);
     assert!(size_of::<RegionAccess>() == 16);
     assert!(size_of::<QemuDmaAccess>() == 12);
-    assert!(HEADER_SIZE + size_of::<QemuDmaAccess>() == QEMU_DMA_DATA_OFFSET);
+    assert!(HEADER_SIZE + size_of::<QemuDmaAccess>() == LEGACY_DMA_DATA_OFFSET);
     assert!(size_of::<SpecDmaAccess>() == 16);
+    assert!(HEADER_SIZE + size_of::<SpecDmaAccess>() == DMA_MSG_OVERHEAD);
     assert!(size_of::<WriteMulti>() == 8);
     assert!(size_of::<WriteOne>() == 24);
     assert!(size_of::<DeviceFeature>() == 8);
@@ -645,11 +757,11 @@ pub enum Request<'a> {
         access: RegionAccess,
         data: &'a [u8],
     },
-    /// QEMU layout; see [`QemuDmaAccess`].
-    DmaRead(QemuDmaAccess),
+    /// Spec layout (what QEMU 11.1.3 speaks); see [`SpecDmaAccess`].
+    DmaRead(SpecDmaAccess),
     /// QEMU layout; `data.len() == access.count` is guaranteed.
     DmaWrite {
-        access: QemuDmaAccess,
+        access: SpecDmaAccess,
         data: &'a [u8],
     },
     DeviceReset,
@@ -705,11 +817,12 @@ impl<'a> Request<'a> {
                 let (unmap, rest) = split_body(c, body)?;
                 Self::DmaUnmap { unmap, rest }
             }
-            Command::DEVICE_GET_INFO => Self::DeviceGetInfo(exact_body(c, body)?),
-            // QEMU sends argsz-sized buffers for some requests; tolerate trailing bytes.
+            // Newer clients may send larger structs (kernel vfio_device_info grew cap_offset);
+            // QEMU sends argsz-sized buffers for some requests: tolerate trailing bytes.
+            Command::DEVICE_GET_INFO => Self::DeviceGetInfo(split_body(c, body)?.0),
             Command::DEVICE_GET_REGION_INFO => Self::RegionInfo(split_body(c, body)?.0),
             Command::DEVICE_GET_REGION_IO_FDS => Self::RegionIoFds(split_body(c, body)?.0),
-            Command::DEVICE_GET_IRQ_INFO => Self::IrqInfo(exact_body(c, body)?),
+            Command::DEVICE_GET_IRQ_INFO => Self::IrqInfo(split_body(c, body)?.0),
             Command::DEVICE_SET_IRQS => {
                 let (set, data) = split_body(c, body)?;
                 Self::SetIrqs { set, data }
@@ -731,13 +844,16 @@ impl<'a> Request<'a> {
                 Self::DmaRead(access)
             }
             Command::DMA_WRITE => {
-                let (access, rest): (QemuDmaAccess, _) = split_body(c, body)?;
+                let (access, rest): (SpecDmaAccess, _) = split_body(c, body)?;
                 let count = access.count;
-                let data = rest.get(..count as usize).ok_or(BodyError::CountMismatch {
-                    command: c,
-                    count: u64::from(count),
-                    data: rest.len(),
-                })?;
+                let data = usize::try_from(count)
+                    .ok()
+                    .and_then(|n| rest.get(..n))
+                    .ok_or(BodyError::CountMismatch {
+                        command: c,
+                        count,
+                        data: rest.len(),
+                    })?;
                 Self::DmaWrite { access, data }
             }
             Command::DEVICE_RESET => {
@@ -874,20 +990,32 @@ mod tests {
     }
 
     #[test]
-    fn qemu_dma_layout_puts_data_at_28() {
-        let body = QemuDmaAccess {
-            offset: 0x1000,
-            count: 4,
-        };
-        let msg = encode(
-            Header::command(1, Command::DMA_WRITE, 0),
-            &[body.as_bytes(), &[1, 2, 3, 4], &[0; 4]],
-        );
-        assert_eq!(msg.len(), QEMU_DMA_MSG_OVERHEAD + 4);
+    fn spec_dma_layout_puts_data_at_32_and_legacy_at_28() {
+        let w = DmaRwLayout::Spec.write_request(1, 0x1000, &[1, 2, 3, 4]);
+        assert_eq!(w.len(), DMA_MSG_OVERHEAD + 4);
+        assert_eq!(&w[24..32], &4u64.to_ne_bytes(), "64-bit count");
+        assert_eq!(&w[32..36], &[1, 2, 3, 4]);
+        let l = DmaRwLayout::Legacy32.write_request(1, 0x1000, &[1, 2, 3, 4]);
         assert_eq!(
-            &msg[QEMU_DMA_DATA_OFFSET..QEMU_DMA_DATA_OFFSET + 4],
-            &[1, 2, 3, 4]
+            l.len(),
+            DMA_MSG_OVERHEAD + 4,
+            "legacy also sized 32 + count"
         );
+        assert_eq!(&l[24..28], &4u32.to_ne_bytes());
+        assert_eq!(&l[28..32], &[1, 2, 3, 4]);
+        for layout in [DmaRwLayout::Spec, DmaRwLayout::Legacy32] {
+            let msg = layout.write_request(1, 0x1000, b"abc");
+            let rw = layout.parse(&msg[HEADER_SIZE..], true).expect("parses");
+            assert_eq!((rw.iova, rw.count, rw.data), (0x1000, 3, &b"abc"[..]));
+            let req = layout.read_request(2, 0x2000, 5);
+            assert_eq!(req.len(), DMA_MSG_OVERHEAD);
+            let h = Header::parse(&req).expect("header");
+            let reply = layout.read_reply(&h, 0x2000, b"hello");
+            assert_eq!(
+                layout.read_reply_data(&reply[HEADER_SIZE..], 5),
+                Some(&b"hello"[..])
+            );
+        }
     }
 
     #[test]
