@@ -15,7 +15,7 @@
 //! All `pxb-pcie` come before all root ports, which come before all vfio-user-pci devices, so
 //! every `bus=` names a device that already exists when QEMU creates the next one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -159,43 +159,24 @@ pub fn build_qemu_args(
         }
     }
 
-    for (n, node) in topology.numa_nodes.iter().enumerate() {
-        for (d, device) in node.devices.iter().enumerate() {
-            let has_vfs = !device.vfs.is_empty();
-            // The PF: function 0 of the root port's only slot; multifunction when VFs share
-            // the slot. rombar=0: the device has no option ROM (avoids "Device ROM size is
-            // zero", DESIGN.md §2).
-            let pf = VfioUserPci {
-                driver: "vfio-user-pci",
-                id: format!("mock{n}_{d}"),
-                socket: UnixSocket {
-                    kind: "unix",
-                    path: path_str(&device.socket)?,
-                },
-                bus: format!("rp{n}_{d}"),
-                addr: "0.0".to_owned(),
-                multifunction: has_vfs.then_some(true),
-                rombar: 0,
-            };
-            args.push2("-device", pf.to_json());
-            for (v, vf) in device.vfs.iter().enumerate() {
-                // VF v: function v+1 of the PF's slot, served by its own socket (emulated
-                // SR-IOV, DESIGN.md §5).
-                let vf = VfioUserPci {
-                    driver: "vfio-user-pci",
-                    id: format!("mock{n}_{d}_vf{v}"),
-                    socket: UnixSocket {
-                        kind: "unix",
-                        path: path_str(vf)?,
-                    },
-                    bus: format!("rp{n}_{d}"),
-                    addr: format!("0.{}", v + 1),
-                    multifunction: None,
-                    rombar: 0,
-                };
-                args.push2("-device", vf.to_json());
-            }
-        }
+    for function in pci_functions(topology) {
+        // PF: function 0 of its root port's only slot, multifunction when VFs share the slot.
+        // VF v: function v+1 of the PF's slot, served by its own socket (emulated SR-IOV,
+        // DESIGN.md §5). rombar=0: the device has no option ROM (avoids "Device ROM size is
+        // zero", DESIGN.md §2).
+        let device = VfioUserPci {
+            driver: "vfio-user-pci",
+            id: function.qdev_id.clone(),
+            socket: UnixSocket {
+                kind: "unix",
+                path: path_str(function.socket)?,
+            },
+            bus: function.root_port.clone(),
+            addr: format!("0.{}", function.function),
+            multifunction: function.multifunction.then_some(true),
+            rombar: 0,
+        };
+        args.push2("-device", device.to_json());
     }
 
     match &options.serial {
@@ -279,6 +260,65 @@ impl VfioUserPci<'_> {
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// One vfio-user-pci function of a topology, as the command line names and places it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciFunction<'a> {
+    /// Guest NUMA node (index into `Topology::numa_nodes`).
+    pub numa: usize,
+    /// Device (PF) index within its NUMA node.
+    pub device: usize,
+    /// `None` for the PF, `Some(v)` for its VF `v`.
+    pub vf: Option<usize>,
+    /// QEMU device id: `mock<N>_<D>` for a PF, `mock<N>_<D>_vf<V>` for a VF (`query-pci`'s
+    /// `qdev_id`).
+    pub qdev_id: String,
+    /// Root port it sits behind: `rp<N>_<D>`.
+    pub root_port: String,
+    /// `pxb-pcie` of its NUMA node: `pxb<N>`.
+    pub expander: String,
+    /// PCI function number on the root port's slot 0 (0 for the PF, v + 1 for VF v).
+    pub function: u8,
+    /// Whether the PF is marked multifunction (it has VFs); false for VFs.
+    pub multifunction: bool,
+    /// vfio-user socket QEMU connects to.
+    pub socket: &'a Path,
+}
+
+/// Every vfio-user-pci function of `topology` in command-line order (per NUMA node, per PF:
+/// the PF, then its VFs). Launchers use it to start one device server per socket and to match
+/// `query-pci` results back to the topology.
+pub fn pci_functions(topology: &Topology) -> Vec<PciFunction<'_>> {
+    let mut out = Vec::new();
+    for (n, node) in topology.numa_nodes.iter().enumerate() {
+        for (d, device) in node.devices.iter().enumerate() {
+            let base = PciFunction {
+                numa: n,
+                device: d,
+                vf: None,
+                qdev_id: format!("mock{n}_{d}"),
+                root_port: format!("rp{n}_{d}"),
+                expander: format!("pxb{n}"),
+                function: 0,
+                multifunction: !device.vfs.is_empty(),
+                socket: &device.socket,
+            };
+            out.push(base.clone());
+            for (v, vf) in device.vfs.iter().enumerate() {
+                out.push(PciFunction {
+                    vf: Some(v),
+                    qdev_id: format!("mock{n}_{d}_vf{v}"),
+                    // At most MAX_VFS_PER_DEVICE (7) VFs pass validation.
+                    function: u8::try_from(v + 1).unwrap_or(u8::MAX),
+                    multifunction: false,
+                    socket: vf,
+                    ..base.clone()
+                });
+            }
+        }
+    }
+    out
 }
 
 /// A value inside QEMU's `key=value,...` option syntax: commas are doubled.
@@ -417,6 +457,35 @@ mod tests {
         let dev: serde_json::Value =
             serde_json::from_str(args.iter().find(|a| a.starts_with('{')).unwrap()).unwrap();
         assert!(dev.get("multifunction").is_none());
+    }
+
+    #[test]
+    fn pci_functions_name_pfs_then_their_vfs() {
+        let t = topo(2, 1);
+        let f: Vec<_> = pci_functions(&t)
+            .into_iter()
+            .map(|f| {
+                (
+                    f.qdev_id,
+                    f.root_port,
+                    f.expander,
+                    f.function,
+                    f.multifunction,
+                )
+            })
+            .collect();
+        let row = |id: &str, rp: &str, pxb: &str, func, mf| {
+            (id.to_owned(), rp.to_owned(), pxb.to_owned(), func, mf)
+        };
+        assert_eq!(
+            f,
+            [
+                row("mock0_0", "rp0_0", "pxb0", 0, true),
+                row("mock0_0_vf0", "rp0_0", "pxb0", 1, false),
+                row("mock1_0", "rp1_0", "pxb1", 0, true),
+                row("mock1_0_vf0", "rp1_0", "pxb1", 1, false),
+            ]
+        );
     }
 
     #[test]

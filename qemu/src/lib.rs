@@ -45,7 +45,10 @@ pub mod process;
 pub mod qmp;
 pub mod topology;
 
-pub use command::{build_qemu_args, Accel, BuildError, DirectBoot, LaunchOptions, Serial};
+pub use command::{
+    build_qemu_args, pci_functions, Accel, BuildError, DirectBoot, LaunchOptions, PciFunction,
+    Serial,
+};
 pub use locate::{LocateError, QemuInstall, QemuSource, QemuVersion, MIN_VERSION};
 pub use process::{QemuProcess, RunError};
 pub use qmp::{Qmp, QmpError};
