@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod control_plane;
 pub mod device_bin;
 pub mod guest;
 pub mod observed;
