@@ -116,6 +116,11 @@ impl DeviceProcess {
         })
     }
 
+    /// The process id (`None` once reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// What the device logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

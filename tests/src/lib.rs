@@ -7,6 +7,8 @@
 //!   wait for firmware PCI enumeration.
 //! - [`Observed`]: wraps a vfio-user device model and records connects, DMA windows and
 //!   region accesses, so tests see from the host what crossed the socket.
+//! - [`proc_maps`]: which guest RAM memfds a server process has mapped (from `/proc/PID/maps`),
+//!   evidence of fd-backed DMA_MAP for any server binary.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -27,6 +29,7 @@ pub mod control_plane;
 pub mod device_bin;
 pub mod guest;
 pub mod observed;
+pub mod proc_maps;
 
 pub use device_bin::{device_binary, DeviceProcess};
 pub use guest::{vfio_user_warnings, Guest};

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use mock_accel_tests::proc_maps::{fully_mapped_guest_ram, guest_ram_mappings};
 use mock_accel_tests::{
     init_tracing, require_qemu, vfio_user_warnings, DeviceProcess, Guest, TestDir,
 };
@@ -144,6 +145,19 @@ async fn qemu_enumerates_mock_accel_and_reads_bar0_through_our_socket() -> anyho
         );
     }
 
+    // Each server received DMA_MAP with the fds of both NUMA nodes' memfds (128 + 64 MiB) and
+    // mapped all of them: seen from the host in the server process's memory map.
+    for server in &servers {
+        let pid = server.pid().expect("device running");
+        let mapped =
+            fully_mapped_guest_ram(&guest_ram_mappings(pid)?).map_err(anyhow::Error::msg)?;
+        assert_eq!(
+            mapped,
+            [64 << 20, 128 << 20],
+            "guest RAM memfds mapped by device pid {pid}"
+        );
+    }
+
     let stderr = guest.process.stderr_text();
     assert_eq!(
         vfio_user_warnings(&stderr),
@@ -153,6 +167,18 @@ async fn qemu_enumerates_mock_accel_and_reads_bar0_through_our_socket() -> anyho
     assert_eq!(stderr.trim(), "", "QEMU wrote to stderr");
     let status = guest.quit().await?;
     assert!(status.success(), "QEMU exit status {status}");
+    // QEMU is gone: the servers drop its DMA windows.
+    for server in &servers {
+        let pid = server.pid().expect("device survives QEMU quitting");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !guest_ram_mappings(pid)?.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "device pid {pid} still maps guest RAM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     for server in servers {
         let log = server.log_text();
         let status = server.terminate().await?;
@@ -169,7 +195,7 @@ async fn device_server_serves_a_new_qemu_after_the_previous_one_quits() -> anyho
     let dir = TestDir::new("conf-again")?;
     let label = "NODE1-NUMA0-PF";
     let socket = dir.join("numa0-pf.sock");
-    let server = DeviceProcess::spawn(
+    let mut server = DeviceProcess::spawn(
         &["-u", label, socket.to_str().expect("utf-8 path")],
         &socket,
         dir.path(),
@@ -203,12 +229,33 @@ async fn device_server_serves_a_new_qemu_after_the_previous_one_quits() -> anyho
             label_bytes(label),
             "round {round}"
         );
+        let pid = server.pid().expect("device running");
+        let mapped =
+            fully_mapped_guest_ram(&guest_ram_mappings(pid)?).map_err(anyhow::Error::msg)?;
+        assert_eq!(
+            mapped,
+            [128 << 20],
+            "round {round}: guest RAM mapped by the device"
+        );
         let stderr = guest.process.stderr_text();
         guest.quit().await?;
         assert_eq!(
             vfio_user_warnings(&stderr),
             Vec::<&str>::new(),
             "round {round}"
+        );
+        // The server outlives its client and lets go of the old guest's memory.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !guest_ram_mappings(pid)?.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: old guest RAM still mapped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            server.child.try_wait()?.is_none(),
+            "round {round}: device exited with QEMU"
         );
     }
     let log = server.log_text();
