@@ -2,7 +2,7 @@
 # Build the Kubernetes control plane (and kubectl, kubelet) and etcd from Go modules, cached
 # outside the repository and keyed by version and this script:
 #   kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet  (k8s.io/kubernetes)
-#   etcd                                                                   (go.etcd.io/etcd/v3)
+#   etcd                                                                   (go.etcd.io/etcd/server/v3)
 # Kubernetes is not packaged for Debian; k8s.io/kubernetes is built through the Go module proxy
 # with `replace` lines mapping every staging module (k8s.io/api, ...) to its v0.x release.
 # Prints the bin directory on stdout (last line).
@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 K8S_VERSION="${K8S_VERSION:-1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.4}"
 cache="${MOCK_ACCEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mock-accel}"
-key=$( { echo "$K8S_VERSION $ETCD_VERSION"; cat "$0"; } | sha256sum | cut -c1-12)
+# Bump RECIPE when the build steps below change what gets built.
+RECIPE=1
+key=$(echo "$K8S_VERSION $ETCD_VERSION $RECIPE" | sha256sum | cut -c1-12)
 out="$cache/k8s-$K8S_VERSION-$key"
 log() { printf 'provision-k8s: %s\n' "$*" >&2; }
 
@@ -36,7 +38,7 @@ staging_version="v0.${K8S_VERSION#1.}"
     [ -f "$modfile" ] || { log "could not download k8s.io/kubernetes@v$K8S_VERSION from the Go module proxy"; exit 1; }
     {
         echo "require k8s.io/kubernetes v$K8S_VERSION"
-        echo "require go.etcd.io/etcd/v3 v$ETCD_VERSION"
+        echo "require go.etcd.io/etcd/server/v3 v$ETCD_VERSION"
         sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#replace \1 => \1 '"$staging_version"'#p' "$modfile"
     } >> go.mod
     log "resolving modules for kubernetes v$K8S_VERSION (staging $staging_version), etcd v$ETCD_VERSION"
@@ -55,8 +57,9 @@ build() {
 for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
     build "k8s.io/kubernetes/cmd/$cmd"
 done
-build go.etcd.io/etcd/v3
-mv "$out.partial/bin/v3" "$out.partial/bin/etcd" 2>/dev/null || true
+# etcd's server module is its main package (go names the binary "server").
+build go.etcd.io/etcd/server/v3
+mv "$out.partial/bin/server" "$out.partial/bin/etcd"
 [ -x "$out.partial/bin/etcd" ] || { log "etcd build produced no binary"; exit 1; }
 "$out.partial/bin/kube-apiserver" --version >&2
 log "built in $(( $(date +%s) - start )) s"

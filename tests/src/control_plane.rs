@@ -112,10 +112,8 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SIGKILL the whole group: the daemons start no children we want to keep.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
-            .status();
+        // The daemons start no children of their own: SIGKILL the process itself.
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -216,6 +214,10 @@ impl ControlPlane {
                 "--runtime-config=resource.k8s.io/v1=true".into(),
                 "--disable-admission-plugins=ServiceAccount".into(),
                 "--profiling=false".into(),
+                // The `kubernetes` Service cannot point at loopback; nothing here needs it.
+                "--endpoint-reconciler-type=none".into(),
+                // The `kubernetes` Service cannot point at loopback; nothing here needs it.
+                "--endpoint-reconciler-type=none".into(),
                 "--v=1".into(),
             ],
         )?);
@@ -447,6 +449,16 @@ pub fn create_ready_node(cp: &ControlPlane, name: &str) -> anyhow::Result<()> {
         "--type=merge",
         "-p",
         &status.to_string(),
+    ])?;
+    // Admission taints new Nodes not-ready; with no kubelet and no node lifecycle controller
+    // nothing would lift it.
+    cp.kubectl(&[
+        "patch",
+        "node",
+        name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"taints":null}}"#,
     ])?;
     Ok(())
 }

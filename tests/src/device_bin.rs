@@ -19,13 +19,18 @@ use tokio::process::{Child, Command};
 /// Path of an up-to-date `device` binary (built once per test process).
 pub fn device_binary() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build_device().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
+    BIN.get_or_init(|| {
+        workspace_binary("device", "device", "MOCK_ACCEL_DEVICE_BIN").map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
 }
 
-fn build_device() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("MOCK_ACCEL_DEVICE_BIN").filter(|v| !v.is_empty()) {
+/// Build binary `bin` of workspace package `package` with the cargo and profile running the
+/// tests and return its path; the environment variable `override_var`, when set, names a
+/// prebuilt binary instead.
+pub fn workspace_binary(package: &str, bin: &str, override_var: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(override_var).filter(|v| !v.is_empty()) {
         return Ok(path.into());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -33,9 +38,9 @@ fn build_device() -> anyhow::Result<PathBuf> {
     cmd.args([
         "build",
         "-p",
-        "device",
+        package,
         "--bin",
-        "device",
+        bin,
         "--message-format",
         "json",
     ])
@@ -49,10 +54,10 @@ fn build_device() -> anyhow::Result<PathBuf> {
     }
     let output = cmd
         .output()
-        .context("cannot run cargo to build the device binary")?;
+        .with_context(|| format!("cannot run cargo to build the {bin} binary"))?;
     if !output.status.success() {
         bail!(
-            "`cargo build -p device --bin device` failed ({})",
+            "`cargo build -p {package} --bin {bin}` failed ({})",
             output.status
         );
     }
@@ -60,9 +65,9 @@ fn build_device() -> anyhow::Result<PathBuf> {
     stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "device")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo built no `device` executable")
+        .with_context(|| format!("cargo built no `{bin}` executable"))
 }
 
 /// A running `device` process; killed (SIGKILL) on drop. Its stdout and stderr go to

@@ -31,7 +31,7 @@ pub mod guest;
 pub mod observed;
 pub mod proc_maps;
 
-pub use device_bin::{device_binary, DeviceProcess};
+pub use device_bin::{device_binary, workspace_binary, DeviceProcess};
 pub use guest::{vfio_user_warnings, Guest};
 pub use observed::{Access, Observations, Observed, ObservedHandle};
 
