@@ -462,3 +462,58 @@ pub fn create_ready_node(cp: &ControlPlane, name: &str) -> anyhow::Result<()> {
     ])?;
     Ok(())
 }
+
+/// The Go kubelet-side client (`tests/kubelet-client`, built against the published
+/// `k8s.io/kubelet` API packages), built with the host's Go into the cache, keyed by its
+/// sources.
+pub fn kubelet_client_binary() -> anyhow::Result<PathBuf> {
+    let src = repo_root().join("tests/kubelet-client");
+    let mut key = std::collections::hash_map::DefaultHasher::new();
+    for f in ["main.go", "go.mod", "go.sum"] {
+        use std::hash::{Hash, Hasher};
+        std::fs::read(src.join(f))
+            .with_context(|| format!("cannot read tests/kubelet-client/{f}"))?
+            .hash(&mut key);
+        f.hash(&mut key);
+    }
+    let key = std::hash::Hasher::finish(&key);
+    let cache = std::env::var_os("MOCK_ACCEL_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mock-accel")))
+        .context("neither MOCK_ACCEL_CACHE nor HOME is set")?;
+    let bin = cache.join(format!("kubelet-client-{key:016x}"));
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&src)
+        .env("GOMODCACHE", cache.join("go/mod"))
+        .env("GOCACHE", cache.join("go/build"))
+        .env("GOFLAGS", "-buildvcs=false")
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .context("cannot run go (install Go >= 1.24) to build tests/kubelet-client")?;
+    if !out.status.success() {
+        bail!(
+            "go build tests/kubelet-client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(bin)
+}
+
+/// Run the Go kubelet client; its JSON answer.
+pub fn kubelet_client(args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(kubelet_client_binary()?).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "kubelet-client {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
