@@ -276,3 +276,34 @@ pub async fn serve<C: ClaimSource + 'static>(
     b?;
     Ok(())
 }
+
+/// Connects a gRPC channel to a Unix socket.
+pub async fn unix_channel(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let p = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
+        }))
+        .await
+}
+
+/// Calls `grpc.health.v1.Health/Check` (service "") on a socket; `Ok` when SERVING.
+pub async fn health_check(path: &Path) -> Result<(), String> {
+    let ch = unix_channel(path).await.map_err(|e| e.to_string())?;
+    let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+    let r = c
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+        Ok(())
+    } else {
+        Err(format!("not serving (status {})", r.status))
+    }
+}

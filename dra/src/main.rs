@@ -20,6 +20,12 @@ struct Cli {
 enum Cmd {
     /// Per-node kubelet plugin: publishes this node's ResourceSlices and serves the kubelet.
     KubeletPlugin(PluginArgs),
+    /// Liveness check: calls grpc.health.v1 Check on the DRA socket; exit 0 when serving.
+    Healthcheck {
+        /// DRA socket path.
+        #[arg(long, default_value = "/var/lib/kubelet/plugins/mock-accel.example.com/dra.sock")]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,8 +168,6 @@ async fn kubelet_plugin(a: PluginArgs) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Cmd::KubeletPlugin(args) = cli.cmd;
-    init_logging(args.verbosity);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -171,7 +175,21 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(kubelet_plugin(args)) {
+    let fut = async move {
+        match cli.cmd {
+            Cmd::KubeletPlugin(args) => {
+                init_logging(args.verbosity);
+                kubelet_plugin(args).await
+            }
+            Cmd::Healthcheck { socket } => {
+                tokio::time::timeout(Duration::from_secs(5), dra::grpc::health_check(&socket))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("health check timed out"))?
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))
+            }
+        }
+    };
+    match rt.block_on(fut) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mock-accel-dra: {e:#}");

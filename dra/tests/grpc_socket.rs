@@ -92,6 +92,8 @@ async fn kubelet_sockets_register_prepare_unprepare_and_report_health() {
         .into_inner();
     assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
+    dra::grpc::health_check(&sockets.dra).await.expect("healthcheck subcommand logic");
+
     // v1 prepare: one good two-device claim, one missing claim -> per-claim error, RPC ok.
     let mut v1 = pb::v1::dra_plugin_client::DraPluginClient::new(ch.clone());
     let resp = v1
