@@ -1,17 +1,17 @@
-//! Compile our own .proto files (dra/proto) with protox (pure Rust, no protoc) and tonic.
+//! Compiles dra/proto/*.proto with protox (pure Rust, no protoc) and tonic-prost-build.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = [
+    let files = [
         "proto/pluginregistration.proto",
         "proto/dra_v1.proto",
         "proto/dra_v1beta1.proto",
     ];
-    for p in protos {
-        println!("cargo:rerun-if-changed={p}");
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
     }
-    let fds = protox::compile(protos, ["proto"])?;
+    let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
-        .build_server(true)
         .build_client(true)
+        .build_server(true)
         .compile_fds(fds)?;
     Ok(())
 }

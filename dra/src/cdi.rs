@@ -1,26 +1,22 @@
-//! CDI specs for prepared claims: one JSON spec file per claim, written atomically.
+//! CDI spec files (one per prepared claim) and atomic file writes.
 //!
-//! Each allocated device becomes a CDI device `<claim-uid>-<device>` of kind
-//! `<driver>/device` with:
-//! - env: `MOCK_ACCEL_DEVICE`, `MOCK_ACCEL_UUID`, `MOCK_ACCEL_PCI` of the claim's first
-//!   device (the seeds' variables), plus `MOCK_ACCEL_DEVICES`, `MOCK_ACCEL_UUIDS`,
-//!   `MOCK_ACCEL_PCIS` (comma-separated, every device of the claim, in allocation order) and
-//!   `MOCK_ACCEL_DEVICE_COUNT`. Every CDI device of a claim carries the same claim-wide
-//!   values, so a container that gets several of them loses nothing when the runtime merges
-//!   their env.
-//! - a read-only bind mount of the device's sysfs class directory at
-//!   `/sys/class/mock-accel/<name>`;
-//! - the device node `/dev/<name>` when it exists on the host.
+//! Spec: `cdiVersion` 0.5.0, kind `mock-accel.example.com/device`, one CDI device per claim
+//! device named `<claimUID>-<device>`. Each device injects `MOCK_ACCEL_DEVICE`,
+//! `MOCK_ACCEL_UUID`, `MOCK_ACCEL_PCI` plus the indexed `MOCK_ACCEL_DEVICE_<i>`/`_UUID_<i>`/
+//! `_PCI_<i>` (index = position in the claim), a read-only bind mount of its sysfs directory and
+//! `/dev/<name>` when that node exists. Spec-wide edits add `MOCK_ACCEL_DEVICES`,
+//! `MOCK_ACCEL_UUIDS`, `MOCK_ACCEL_PCIS` (comma-joined, claim order) and
+//! `MOCK_ACCEL_DEVICE_COUNT`, so a container holding several devices loses nothing even though
+//! the unindexed variables can only name one of them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
-use crate::discovery::MockDevice;
+use crate::sysfs::AccelDevice;
 
-/// The CDI version this spec needs (device nodes, mounts and env are all in 0.3.0; 0.5.0
-/// allows the dots in our kind's vendor part without ambiguity for every runtime we target).
+/// CDI spec version written (the features used are env, deviceNodes, mounts, spec edits).
 pub const CDI_VERSION: &str = "0.5.0";
 
 /// CDI kind for a driver.
@@ -28,145 +24,219 @@ pub fn kind(driver: &str) -> String {
     format!("{driver}/device")
 }
 
-/// The CDI device name of `device` in claim `claim_uid`.
-pub fn device_name(claim_uid: &str, device: &MockDevice) -> String {
-    format!("{claim_uid}-{}", device.k8s_name())
+/// Fully qualified CDI device ID.
+pub fn device_id(driver: &str, name: &str) -> String {
+    format!("{}={name}", kind(driver))
 }
 
-/// The fully qualified CDI ID (`mock-accel.example.com/device=<uid>-mock0`).
-pub fn device_id(driver: &str, claim_uid: &str, device: &MockDevice) -> String {
-    format!("{}={}", kind(driver), device_name(claim_uid, device))
-}
-
-/// The spec file of a claim.
+/// Spec file path for a claim.
 pub fn spec_path(cdi_root: &Path, driver: &str, claim_uid: &str) -> PathBuf {
-    cdi_root.join(format!("{driver}-{claim_uid}.json"))
+    cdi_root.join(format!("{driver}-claim_{claim_uid}.json"))
 }
 
-/// The CDI spec for a claim's devices. `dev_root` is where `/dev` is looked up (the sysfs
-/// root in tests, `/` on a node).
-pub fn spec(driver: &str, claim_uid: &str, devices: &[MockDevice], dev_root: &Path) -> Value {
-    let join =
-        |f: &dyn Fn(&MockDevice) -> String| devices.iter().map(f).collect::<Vec<_>>().join(",");
-    let first = devices.first();
-    let mut env = vec![
-        format!(
-            "MOCK_ACCEL_DEVICE={}",
-            first.map(|d| d.name.clone()).unwrap_or_default()
-        ),
-        format!(
-            "MOCK_ACCEL_UUID={}",
-            first.map(|d| d.uuid.clone()).unwrap_or_default()
-        ),
-        format!(
-            "MOCK_ACCEL_PCI={}",
-            first
-                .and_then(|d| d.pci_address.clone())
-                .unwrap_or_default()
-        ),
-        format!("MOCK_ACCEL_DEVICE_COUNT={}", devices.len()),
-        format!("MOCK_ACCEL_DEVICES={}", join(&|d| d.name.clone())),
-        format!("MOCK_ACCEL_UUIDS={}", join(&|d| d.uuid.clone())),
-        format!(
-            "MOCK_ACCEL_PCIS={}",
-            join(&|d| d.pci_address.clone().unwrap_or_default())
-        ),
-    ];
-    env.sort();
-    let cdi_devices: Vec<Value> = devices
-        .iter()
-        .map(|d| {
-            let mut edits = json!({
-                "env": env,
-                "mounts": [{
-                    "hostPath": d.sysfs_dir.display().to_string(),
-                    "containerPath": format!("/sys/class/mock-accel/{}", d.name),
-                    "options": ["ro", "rbind", "nosuid", "nodev", "noexec"],
-                }],
-            });
-            let node = dev_root.join("dev").join(&d.name);
-            if node.exists() {
-                edits["deviceNodes"] = json!([{
-                    "path": format!("/dev/{}", d.name),
-                    "hostPath": node.display().to_string(),
-                }]);
-            }
-            json!({"name": device_name(claim_uid, d), "containerEdits": edits})
-        })
-        .collect();
-    json!({"cdiVersion": CDI_VERSION, "kind": kind(driver), "devices": cdi_devices})
+/// CDI spec document.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    /// Spec version.
+    pub cdi_version: String,
+    /// `vendor/class`.
+    pub kind: String,
+    /// Devices.
+    pub devices: Vec<CdiDevice>,
+    /// Edits applied when any device of this spec is injected.
+    #[serde(default)]
+    pub container_edits: Edits,
 }
 
-/// Write `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
+/// One CDI device.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CdiDevice {
+    /// Name within the kind.
+    pub name: String,
+    /// Edits for this device.
+    pub container_edits: Edits,
+}
+
+/// Container edits.
+#[derive(Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Edits {
+    /// `KEY=value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Device nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_nodes: Vec<DeviceNode>,
+    /// Mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+}
+
+/// Device node edit.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceNode {
+    /// Path in the container.
+    pub path: String,
+    /// Path on the host.
+    pub host_path: String,
+}
+
+/// Mount edit.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Mount {
+    /// Host path.
+    pub host_path: String,
+    /// Container path.
+    pub container_path: String,
+    /// Mount options.
+    pub options: Vec<String>,
+}
+
+/// Builds the spec of one claim. `devices` are in claim order; `sysfs_root` locates host paths.
+pub fn build_spec(
+    driver: &str,
+    claim_uid: &str,
+    devices: &[AccelDevice],
+    sysfs_root: &Path,
+) -> Spec {
+    let mut cdi_devices = Vec::with_capacity(devices.len());
+    for (i, d) in devices.iter().enumerate() {
+        let mut env = vec![
+            format!("MOCK_ACCEL_DEVICE={}", d.name),
+            format!("MOCK_ACCEL_UUID={}", d.uuid),
+            format!("MOCK_ACCEL_PCI={}", d.pci_address),
+            format!("MOCK_ACCEL_DEVICE_{i}={}", d.name),
+            format!("MOCK_ACCEL_UUID_{i}={}", d.uuid),
+            format!("MOCK_ACCEL_PCI_{i}={}", d.pci_address),
+        ];
+        if let Some(n) = d.numa_node {
+            env.push(format!("MOCK_ACCEL_NUMA_{i}={n}"));
+        }
+        let class_entry = crate::sysfs::class_dir(sysfs_root).join(&d.name);
+        // Bind the resolved directory: the class entry is a symlink into /sys/devices.
+        let host_dir = std::fs::canonicalize(&class_entry).unwrap_or(class_entry);
+        let mounts = vec![Mount {
+            host_path: host_dir.to_string_lossy().into_owned(),
+            container_path: format!("/sys/class/mock-accel/{}", d.name),
+            options: vec!["ro".into(), "nosuid".into(), "nodev".into(), "noexec".into(), "rbind".into()],
+        }];
+        // Only reference /dev/<name> when the node exists: a CDI device node that is missing
+        // on the host makes the runtime fail the whole container.
+        let host_node = sysfs_root.join("dev").join(&d.name);
+        let device_nodes = if host_node.exists() {
+            vec![DeviceNode {
+                path: format!("/dev/{}", d.name),
+                host_path: host_node.to_string_lossy().into_owned(),
+            }]
+        } else {
+            Vec::new()
+        };
+        cdi_devices.push(CdiDevice {
+            name: cdi_name(claim_uid, &d.name),
+            container_edits: Edits {
+                env,
+                device_nodes,
+                mounts,
+            },
+        });
+    }
+    let join = |f: &dyn Fn(&AccelDevice) -> String| devices.iter().map(f).collect::<Vec<_>>().join(",");
+    Spec {
+        cdi_version: CDI_VERSION.into(),
+        kind: kind(driver),
+        devices: cdi_devices,
+        container_edits: Edits {
+            env: vec![
+                format!("MOCK_ACCEL_DEVICE_COUNT={}", devices.len()),
+                format!("MOCK_ACCEL_DEVICES={}", join(&|d| d.name.clone())),
+                format!("MOCK_ACCEL_UUIDS={}", join(&|d| d.uuid.clone())),
+                format!("MOCK_ACCEL_PCIS={}", join(&|d| d.pci_address.clone())),
+            ],
+            ..Default::default()
+        },
+    }
+}
+
+/// CDI device name of a claim device (`<claimUID>-<sysfs name with '_' as '-'>`).
+pub fn cdi_name(claim_uid: &str, device: &str) -> String {
+    format!("{claim_uid}-{}", crate::slices::device_name(device))
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("path has no parent"))?;
     std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Writes a claim's spec file atomically; returns its path.
+pub fn write_spec(cdi_root: &Path, driver: &str, claim_uid: &str, spec: &Spec) -> std::io::Result<PathBuf> {
+    let path = spec_path(cdi_root, driver, claim_uid);
+    let bytes = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
+    write_atomic(&path, &bytes)?;
+    Ok(path)
+}
+
+/// Removes a claim's spec file; a missing file is fine.
+pub fn remove_spec(cdi_root: &Path, driver: &str, claim_uid: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(spec_path(cdi_root, driver, claim_uid)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{scan, write_fixture};
+    use crate::fixture;
 
     #[test]
-    fn multi_device_claim_env_loses_nothing_and_mounts_are_read_only() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        write_fixture(dir.path(), 2, 2, 0).expect("fixture");
-        let devices = scan(dir.path()).expect("scan");
-        std::fs::create_dir_all(dir.path().join("dev")).expect("dev");
-        std::fs::write(dir.path().join("dev/mock1"), "").expect("node");
-        let s = spec("mock-accel.example.com", "uid1", &devices, dir.path());
-        assert_eq!(s["kind"], "mock-accel.example.com/device");
-        let d0 = &s["devices"][0];
-        assert_eq!(d0["name"], "uid1-mock0");
-        let env: Vec<&str> = d0["containerEdits"]["env"]
-            .as_array()
-            .expect("env")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert!(env.contains(&"MOCK_ACCEL_DEVICES=mock0,mock1"));
-        assert!(env.contains(&"MOCK_ACCEL_PCIS=0000:11:00.0,0000:21:00.0"));
-        assert!(env.contains(&"MOCK_ACCEL_DEVICE=mock0"));
-        assert_eq!(
-            d0["containerEdits"]["env"],
-            s["devices"][1]["containerEdits"]["env"]
-        );
-        assert_eq!(d0["containerEdits"]["mounts"][0]["options"][0], "ro");
-        assert!(
-            d0["containerEdits"].get("deviceNodes").is_none(),
-            "no /dev/mock0 on this host"
-        );
-        assert_eq!(
-            s["devices"][1]["containerEdits"]["deviceNodes"][0]["path"],
-            "/dev/mock1"
-        );
-        assert_eq!(
-            device_id("mock-accel.example.com", "uid1", &devices[1]),
-            "mock-accel.example.com/device=uid1-mock1"
-        );
+    fn multi_device_claim_keeps_every_device_in_env() {
+        let t = tempfile::tempdir().expect("tmp");
+        fixture::write_basic(t.path()).expect("fixture");
+        let scan = crate::sysfs::scan(t.path());
+        let devs = vec![scan.devices[1].clone(), scan.devices[2].clone()];
+        let spec = build_spec("mock-accel.example.com", "uid-1", &devs, t.path());
+        assert_eq!(spec.kind, "mock-accel.example.com/device");
+        assert_eq!(spec.devices[0].name, "uid-1-mock0-vf0");
+        assert!(spec.container_edits.env.contains(&"MOCK_ACCEL_DEVICES=mock0_vf0,mock0_vf1".to_string()));
+        assert!(spec.container_edits.env.contains(&"MOCK_ACCEL_PCIS=0000:11:00.1,0000:11:00.2".to_string()));
+        let e1 = &spec.devices[1].container_edits;
+        assert!(e1.env.contains(&"MOCK_ACCEL_DEVICE_1=mock0_vf1".to_string()));
+        assert!(e1.env.contains(&"MOCK_ACCEL_PCI=0000:11:00.2".to_string()));
+        assert_eq!(e1.mounts[0].container_path, "/sys/class/mock-accel/mock0_vf1");
+        assert!(e1.mounts[0].options.contains(&"ro".to_string()));
+        assert!(e1.mounts[0].host_path.ends_with("0000:11:00.2/mock-accel/mock0_vf1"));
+        assert_eq!(e1.device_nodes[0].path, "/dev/mock0_vf1");
     }
 
     #[test]
-    fn atomic_write_replaces_whole_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("a/b.json");
-        write_atomic(&p, b"one").expect("write");
-        write_atomic(&p, b"two").expect("write");
-        assert_eq!(std::fs::read(&p).expect("read"), b"two");
-        let leftovers = std::fs::read_dir(dir.path().join("a"))
-            .expect("dir")
-            .count();
-        assert_eq!(leftovers, 1, "no temporary files left");
+    fn device_node_is_omitted_when_missing_on_host() {
+        let t = tempfile::tempdir().expect("tmp");
+        fixture::write_basic(t.path()).expect("fixture");
+        std::fs::remove_file(t.path().join("dev/mock1")).expect("rm");
+        let scan = crate::sysfs::scan(t.path());
+        let spec = build_spec("d.example.com", "u", &scan.devices[3..4], t.path());
+        assert!(spec.devices[0].container_edits.device_nodes.is_empty());
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
+        let t = tempfile::tempdir().expect("tmp");
+        let p = t.path().join("x.json");
+        write_atomic(&p, b"first").expect("w");
+        write_atomic(&p, b"second").expect("w");
+        assert_eq!(std::fs::read(&p).expect("r"), b"second");
+        assert_eq!(std::fs::read_dir(t.path()).expect("rd").count(), 1);
     }
 }

@@ -1,32 +1,34 @@
-//! `mock-accel-dra`: the Kubernetes Dynamic Resource Allocation driver for mock-accel devices.
+//! mock-accel DRA driver (`resource.k8s.io/v1`, Kubernetes >= 1.34).
 //!
-//! One process per node (`mock-accel-dra kubelet-plugin`, a DaemonSet) does everything:
-//! - [`discovery`] reads `/sys/class/mock-accel/*` (the guest driver's class devices);
-//! - [`publish`] keeps this node's `resource.k8s.io/v1` ResourceSlices in step with sysfs
-//!   (pool = node name, owner = the Node; [`slices`] builds them);
-//! - [`plugin`] registers with the kubelet and serves NodePrepareResources /
-//!   NodeUnprepareResources (DRA v1 and v1beta1) over Unix sockets, writing sysfs `status`,
-//!   CDI specs ([`cdi`]) and a checkpoint.
+//! The binary `mock-accel-dra kubelet-plugin` runs once per node. It
+//! 1. discovers devices under `<sysfs root>/sys/class/mock-accel/*` ([`sysfs`]),
+//! 2. publishes its node's pool (pool = node name, owner = Node) as ResourceSlices of at most
+//!    128 devices with server-side apply ([`slices`], [`publish`]),
+//! 3. serves the kubelet's plugin-registration and DRA `v1`/`v1beta1` gRPC services over Unix
+//!    sockets ([`grpc`]), preparing claims by writing `status`, a CDI spec per claim and an
+//!    atomic checkpoint ([`prepare`], [`cdi`]).
 //!
-//! There is no cluster-wide controller: the kubelet deletes slices of its node when a
-//! driver's plugin goes away, so the per-node plugin must own them (DESIGN.md §6).
+//! There is no cluster-wide controller: the kubelet deletes slices of its node when a plugin
+//! goes away, so the node's own plugin must publish them (DESIGN.md §6).
 //!
 //! ```
-//! let dir = tempfile::tempdir()?;
-//! dra::discovery::write_fixture(dir.path(), 2, 2, 2)?; // 2 NUMA nodes, 2 PFs, 2 VFs each
-//! let devices = dra::discovery::scan(dir.path())?;
-//! assert_eq!(devices.len(), 6);
-//! let slices = dra::slices::build_slices(
-//!     &dra::slices::Pool { driver: "mock-accel.example.com", node_name: "n1", node_uid: "u", generation: 1 },
-//!     &devices,
-//! );
-//! assert_eq!(slices[0]["spec"]["devices"][1]["attributes"]["physfn"]["string"], "mock0");
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # fn main() -> std::io::Result<()> {
+//! let root = tempfile::tempdir()?;
+//! dra::fixture::write_basic(root.path())?;
+//! let scan = dra::sysfs::scan(root.path());
+//! let node = dra::slices::NodeRef { name: "node1".into(), uid: "u".into() };
+//! let slices = dra::slices::build_slices("mock-accel.example.com", &node, &scan.devices, 1);
+//! assert_eq!(slices[0].spec.devices.as_ref().map(Vec::len), Some(6));
+//! # Ok(()) }
 //! ```
 
 pub mod cdi;
-pub mod discovery;
-pub mod plugin;
+pub mod fixture;
+pub mod grpc;
+pub mod prepare;
 pub mod publish;
-pub mod serve;
 pub mod slices;
+pub mod sysfs;
+
+/// Default driver name.
+pub const DEFAULT_DRIVER: &str = "mock-accel.example.com";

@@ -1,207 +1,246 @@
-//! From discovered devices to `resource.k8s.io/v1` ResourceSlices (pure; no I/O).
+//! Pure mapping from discovered devices to `resource.k8s.io/v1` ResourceSlices.
 //!
-//! One pool per node (pool name = node name, DESIGN.md §6), at most 128 devices per slice,
-//! slices named `<node>-<driver with dots as dashes>-<index>`, owned by the Node.
+//! One pool per node (pool name = node name, DESIGN.md §6), at most [`MAX_DEVICES_PER_SLICE`]
+//! devices per slice, slice names `<node>-<driver-short>-<i>` so a restart reuses them.
 
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use crate::discovery::{DeviceType, MockDevice};
+use k8s_openapi::api::resource::v1::{
+    Device, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSlice, ResourceSliceSpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-/// Most devices the API accepts in one ResourceSlice.
+use crate::sysfs::AccelDevice;
+
+/// API limit on devices per ResourceSlice.
 pub const MAX_DEVICES_PER_SLICE: usize = 128;
-/// Standard attribute: PCIe root complex of a device.
-pub const ATTR_PCIE_ROOT: &str = "resource.kubernetes.io/pcieRoot";
-/// Standard attribute: PCI bus ID of a device.
-pub const ATTR_PCI_BUS_ID: &str = "resource.kubernetes.io/pciBusID";
+/// Label carrying the driver name on our slices (for humans and selectors).
+pub const DRIVER_LABEL: &str = "mock-accel.example.com/driver";
 
-/// Where the slices go.
+/// The node that owns the slices.
 #[derive(Debug, Clone)]
-pub struct Pool<'a> {
-    pub driver: &'a str,
-    pub node_name: &'a str,
-    /// The Node's UID, for the owner reference (slices are garbage-collected with the Node).
-    pub node_uid: &'a str,
-    pub generation: i64,
+pub struct NodeRef {
+    /// Node name (also the pool name).
+    pub name: String,
+    /// Node UID (owner reference).
+    pub uid: String,
 }
 
-/// The slice name for `index` (a DNS subdomain).
-pub fn slice_name(driver: &str, node_name: &str, index: usize) -> String {
-    format!("{node_name}-{}-{index}", driver.replace('.', "-"))
+/// Deterministic slice name for index `i`.
+pub fn slice_name(node: &str, driver: &str, i: usize) -> String {
+    let short = driver.split('.').next().unwrap_or(driver);
+    format!("{node}-{short}-{i}")
 }
 
-/// One device's v1 `Device` entry.
-pub fn device_entry(d: &MockDevice) -> Value {
-    let mut attributes = serde_json::Map::new();
-    attributes.insert("uuid".into(), json!({"string": d.uuid}));
-    attributes.insert(
-        "deviceType".into(),
-        json!({"string": d.device_type.as_str()}),
-    );
-    attributes.insert(
-        "capabilities".into(),
-        json!({"int": i64::from(d.capabilities)}),
-    );
-    if let Some(a) = &d.pci_address {
-        attributes.insert("pciAddress".into(), json!({"string": a}));
-        attributes.insert(ATTR_PCI_BUS_ID.into(), json!({"string": a}));
+fn s(v: &str) -> DeviceAttribute {
+    DeviceAttribute {
+        string: Some(v.to_string()),
+        ..Default::default()
     }
-    if let Some(r) = &d.pcie_root {
-        attributes.insert(ATTR_PCIE_ROOT.into(), json!({"string": r}));
+}
+
+fn int(v: i64) -> DeviceAttribute {
+    DeviceAttribute {
+        int: Some(v),
+        ..Default::default()
     }
+}
+
+/// Formats bytes as a Kubernetes quantity, using the largest exact binary suffix.
+pub fn quantity_bytes(b: u64) -> Quantity {
+    for (shift, suffix) in [(60, "Ei"), (50, "Pi"), (40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
+        if b != 0 && b % (1u64 << shift) == 0 {
+            return Quantity(format!("{}{suffix}", b >> shift));
+        }
+    }
+    Quantity(b.to_string())
+}
+
+/// One device's ResourceSlice entry.
+pub fn to_device(d: &AccelDevice) -> Device {
+    let mut a = BTreeMap::new();
+    a.insert("uuid".to_string(), s(&d.uuid));
+    a.insert("deviceType".to_string(), s(d.device_type.as_str()));
+    a.insert("pciAddress".to_string(), s(&d.pci_address));
     if let Some(n) = d.numa_node {
-        attributes.insert("numaNode".into(), json!({"int": i64::from(n)}));
+        a.insert("numaNode".to_string(), int(n));
     }
-    // A PF is its own physfn, so `matchAttribute: physfn` groups a PF with its VFs.
-    let physfn = match (d.device_type, &d.physfn) {
-        (DeviceType::Vf, Some(pf)) => Some(crate::discovery::k8s_name(pf)),
-        (DeviceType::Pf, _) => Some(d.k8s_name()),
-        (DeviceType::Vf, None) => None,
-    };
-    if let Some(p) = physfn {
-        attributes.insert("physfn".into(), json!({"string": p}));
+    if let Some(p) = &d.physfn {
+        a.insert("physfn".to_string(), s(p));
     }
-    json!({
-        "name": d.k8s_name(),
-        "attributes": attributes,
-        "capacity": {"memory": {"value": d.memory_size.to_string()}},
-    })
+    a.insert("capabilities".to_string(), int(i64::from(d.capabilities)));
+    if let Some(r) = &d.pcie_root {
+        a.insert("resource.kubernetes.io/pcieRoot".to_string(), s(r));
+    }
+    a.insert("resource.kubernetes.io/pciBusID".to_string(), s(&d.pci_address));
+    let mut c = BTreeMap::new();
+    c.insert(
+        "memory".to_string(),
+        DeviceCapacity {
+            value: quantity_bytes(d.memory_bytes),
+            ..Default::default()
+        },
+    );
+    Device {
+        name: device_name(&d.name),
+        attributes: Some(a),
+        capacity: Some(c),
+        ..Default::default()
+    }
 }
 
-/// The slices for a node's devices (at least one slice, possibly empty, so the pool exists).
-pub fn build_slices(pool: &Pool<'_>, devices: &[MockDevice]) -> Vec<Value> {
-    let chunks: Vec<&[MockDevice]> = if devices.is_empty() {
-        vec![&[]]
+/// ResourceSlice device names must be DNS labels: `mock0_vf1` becomes `mock0-vf1`.
+pub fn device_name(sysfs_name: &str) -> String {
+    sysfs_name.to_ascii_lowercase().replace(['_', '.'], "-")
+}
+
+/// Builds the slices of one node's pool. `generation` is the pool generation to publish.
+pub fn build_slices(
+    driver: &str,
+    node: &NodeRef,
+    devices: &[AccelDevice],
+    generation: i64,
+) -> Vec<ResourceSlice> {
+    let mut devs: Vec<Device> = devices.iter().map(to_device).collect();
+    devs.sort_by(|a, b| a.name.cmp(&b.name));
+    devs.dedup_by(|a, b| a.name == b.name);
+    let chunks: Vec<Vec<Device>> = if devs.is_empty() {
+        // One empty slice tells the scheduler the pool exists and is empty.
+        vec![Vec::new()]
     } else {
-        devices.chunks(MAX_DEVICES_PER_SLICE).collect()
+        devs.chunks(MAX_DEVICES_PER_SLICE).map(<[Device]>::to_vec).collect()
     };
-    let count = chunks.len();
+    let count = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
     chunks
         .into_iter()
         .enumerate()
-        .map(|(i, chunk)| {
-            json!({
-                "apiVersion": "resource.k8s.io/v1",
-                "kind": "ResourceSlice",
-                "metadata": {
-                    "name": slice_name(pool.driver, pool.node_name, i),
-                    "labels": {"app.kubernetes.io/managed-by": "mock-accel-dra"},
-                    "ownerReferences": [{
-                        "apiVersion": "v1",
-                        "kind": "Node",
-                        "name": pool.node_name,
-                        "uid": pool.node_uid,
-                        "controller": true,
-                    }],
+        .map(|(i, devices)| ResourceSlice {
+            metadata: ObjectMeta {
+                name: Some(slice_name(&node.name, driver, i)),
+                labels: Some(BTreeMap::from([(DRIVER_LABEL.to_string(), driver.to_string())])),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: node.name.clone(),
+                    uid: node.uid.clone(),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                }]),
+                ..Default::default()
+            },
+            spec: ResourceSliceSpec {
+                driver: driver.to_string(),
+                node_name: Some(node.name.clone()),
+                pool: ResourcePool {
+                    name: node.name.clone(),
+                    generation,
+                    resource_slice_count: count,
                 },
-                "spec": {
-                    "driver": pool.driver,
-                    "nodeName": pool.node_name,
-                    "pool": {
-                        "name": pool.node_name,
-                        "generation": pool.generation,
-                        "resourceSliceCount": count,
-                    },
-                    "devices": chunk.iter().map(device_entry).collect::<Vec<_>>(),
-                },
-            })
+                devices: Some(devices),
+                ..Default::default()
+            },
         })
         .collect()
 }
 
-/// What of the devices is published (slices are rewritten, with a new pool generation, only
-/// when this changes; STATUS is not published).
-pub fn published_content(devices: &[MockDevice]) -> Value {
-    Value::Array(devices.iter().map(device_entry).collect())
+/// True when the published specs carry the same devices as `desired` (generation ignored).
+pub fn same_devices(published: &[ResourceSlice], desired: &[ResourceSlice]) -> bool {
+    let key = |v: &[ResourceSlice]| {
+        let mut k: Vec<(Option<String>, i64, Option<Vec<Device>>)> = v
+            .iter()
+            .map(|s| {
+                (
+                    s.metadata.name.clone(),
+                    s.spec.pool.resource_slice_count,
+                    s.spec.devices.clone(),
+                )
+            })
+            .collect();
+        k.sort_by(|a, b| a.0.cmp(&b.0));
+        k
+    };
+    key(published) == key(desired)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{scan, write_fixture};
+    use crate::fixture;
 
-    fn pool() -> Pool<'static> {
-        Pool {
-            driver: "mock-accel.example.com",
-            node_name: "node1",
-            node_uid: "uid-1",
-            generation: 3,
+    fn node() -> NodeRef {
+        NodeRef {
+            name: "node1".into(),
+            uid: "11111111-2222-3333-4444-555555555555".into(),
         }
     }
 
     #[test]
-    fn pf_and_vf_entries_carry_every_attribute() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        write_fixture(dir.path(), 2, 2, 1).expect("fixture");
-        let devices = scan(dir.path()).expect("scan");
-        let slices = build_slices(&pool(), &devices);
-        assert_eq!(slices.len(), 1);
-        let s = &slices[0];
-        assert_eq!(s["metadata"]["name"], "node1-mock-accel-example-com-0");
-        assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], "uid-1");
-        assert_eq!(s["spec"]["nodeName"], "node1");
-        assert_eq!(
-            s["spec"]["pool"],
-            json!({"name": "node1", "generation": 3, "resourceSliceCount": 1})
-        );
-        let pf = &s["spec"]["devices"][0];
-        assert_eq!(
-            pf,
-            &json!({
-                "name": "mock0",
-                "attributes": {
-                    "uuid": {"string": "NODE1-NUMA0-PF0"},
-                    "deviceType": {"string": "pf"},
-                    "capabilities": {"int": 1},
-                    "pciAddress": {"string": "0000:11:00.0"},
-                    "resource.kubernetes.io/pciBusID": {"string": "0000:11:00.0"},
-                    "resource.kubernetes.io/pcieRoot": {"string": "pci0000:10"},
-                    "numaNode": {"int": 0},
-                    "physfn": {"string": "mock0"},
-                },
-                "capacity": {"memory": {"value": "17179869184"}},
-            })
-        );
-        let vf = &s["spec"]["devices"][3];
-        assert_eq!(vf["name"], "mock1-vf0");
-        assert_eq!(vf["attributes"]["deviceType"]["string"], "vf");
-        assert_eq!(vf["attributes"]["physfn"]["string"], "mock1");
-        assert_eq!(vf["attributes"]["numaNode"]["int"], 1);
-        // Every attribute name fits the API's rules (C identifier <= 32, or domain/identifier).
-        for d in s["spec"]["devices"].as_array().expect("devices") {
-            let attrs = d["attributes"].as_object().expect("attrs");
-            assert!(attrs.len() < 32, "at most 32 attributes + capacities");
-            for k in attrs.keys() {
-                let id = k.rsplit('/').next().unwrap_or(k);
-                assert!(
-                    id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                    "{k}"
-                );
-            }
+    fn basic_fixture_matches_golden_yaml() {
+        let t = tempfile::tempdir().expect("tmp");
+        fixture::write_basic(t.path()).expect("fixture");
+        let scan = crate::sysfs::scan(t.path());
+        let slices = build_slices("mock-accel.example.com", &node(), &scan.devices, 1);
+        let got = serde_yaml::to_string(&slices).expect("yaml");
+        let golden_path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/slices-basic.yaml");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(golden_path, &got).expect("write golden");
         }
+        let want = std::fs::read_to_string(golden_path).expect("golden (UPDATE_GOLDEN=1 to create)");
+        assert_eq!(got, want);
     }
 
     #[test]
-    fn more_than_128_devices_split_into_counted_slices() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        write_fixture(dir.path(), 2, 100, 2).expect("fixture");
-        let devices = scan(dir.path()).expect("scan");
-        assert_eq!(devices.len(), 300);
-        let slices = build_slices(&pool(), &devices);
+    fn hand_made_fixture_equals_generated_one() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sysfs-basic");
+        let hand = crate::sysfs::scan(std::path::Path::new(dir));
+        assert!(hand.skipped.is_empty(), "{:?}", hand.skipped);
+        let t = tempfile::tempdir().expect("tmp");
+        fixture::write_basic(t.path()).expect("fixture");
+        let gen = crate::sysfs::scan(t.path());
+        assert_eq!(hand.devices, gen.devices);
+    }
+
+    #[test]
+    fn at_most_128_devices_per_slice_with_consistent_count() {
+        let t = tempfile::tempdir().expect("tmp");
+        let n = fixture::write_many(t.path(), 300).expect("fixture");
+        let scan = crate::sysfs::scan(t.path());
+        assert_eq!(scan.devices.len(), n);
+        let slices = build_slices("mock-accel.example.com", &node(), &scan.devices, 7);
         assert_eq!(slices.len(), 3);
-        let sizes: Vec<usize> = slices
+        let total: usize = slices
             .iter()
-            .map(|s| s["spec"]["devices"].as_array().map_or(0, Vec::len))
-            .collect();
-        assert_eq!(sizes, [128, 128, 44]);
-        for s in &slices {
-            assert_eq!(s["spec"]["pool"]["resourceSliceCount"], 3);
+            .map(|s| s.spec.devices.as_ref().map_or(0, Vec::len))
+            .sum();
+        assert_eq!(total, 300);
+        for (i, s) in slices.iter().enumerate() {
+            assert!(s.spec.devices.as_ref().map_or(0, Vec::len) <= MAX_DEVICES_PER_SLICE);
+            assert_eq!(s.spec.pool.resource_slice_count, 3);
+            assert_eq!(s.spec.pool.generation, 7);
+            assert_eq!(s.spec.pool.name, "node1");
+            assert_eq!(s.metadata.name.as_deref(), Some(format!("node1-mock-accel-{i}").as_str()));
         }
     }
 
     #[test]
-    fn no_devices_still_publishes_an_empty_pool() {
-        let slices = build_slices(&pool(), &[]);
+    fn empty_node_publishes_one_empty_slice() {
+        let slices = build_slices("mock-accel.example.com", &node(), &[], 1);
         assert_eq!(slices.len(), 1);
-        assert_eq!(slices[0]["spec"]["devices"], json!([]));
+        assert_eq!(slices[0].spec.devices.as_deref(), Some(&[][..]));
+    }
+
+    #[test]
+    fn quantities_use_exact_binary_suffixes() {
+        assert_eq!(quantity_bytes(17_179_869_184).0, "16Gi");
+        assert_eq!(quantity_bytes(1536 << 20).0, "1536Mi");
+        assert_eq!(quantity_bytes(1000).0, "1000");
+        assert_eq!(quantity_bytes(0).0, "0");
+    }
+
+    #[test]
+    fn device_names_are_dns_labels() {
+        assert_eq!(device_name("mock0_vf1"), "mock0-vf1");
     }
 }
