@@ -470,7 +470,7 @@ pub fn kubelet_client_binary() -> anyhow::Result<PathBuf> {
     let src = repo_root().join("tests/kubelet-client");
     let mut key = std::collections::hash_map::DefaultHasher::new();
     for f in ["main.go", "go.mod", "go.sum"] {
-        use std::hash::{Hash, Hasher};
+        use std::hash::Hash;
         std::fs::read(src.join(f))
             .with_context(|| format!("cannot read tests/kubelet-client/{f}"))?
             .hash(&mut key);
