@@ -1,0 +1,22 @@
+#!/bin/busybox sh
+# Guest /init for mock-accel's end-to-end checks. Prints machine-readable `MOCKTEST key=value`
+# lines on the serial console, then powers off.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo "MOCKTEST boot=ok"
+for d in /sys/bus/pci/devices/*; do
+    v=$(cat $d/vendor); dv=$(cat $d/device)
+    [ "$v" = 0x1de5 ] && echo "MOCKTEST pci=${d##*/} device=$dv numa_node=$(cat $d/numa_node)"
+done
+if insmod /lib/modules/mock_accel.ko; then echo "MOCKTEST insmod=ok"; else echo "MOCKTEST insmod=fail"; fi
+for d in /sys/bus/pci/drivers/mock_accel/0000:*; do
+    [ -e "$d" ] && echo "MOCKTEST bound=${d##*/}"
+done
+dmesg | grep 'mock-accel:' | sed 's/^/MOCKTEST-LOG /'
+if rmmod mock_accel; then echo "MOCKTEST rmmod=ok"; else echo "MOCKTEST rmmod=fail"; fi
+dmesg | grep -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST-PROBLEM /'
+dmesg | grep -c -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST kernel_problems=/'
+echo "MOCKTEST done=1"
+poweroff -f
