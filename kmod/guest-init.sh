@@ -14,8 +14,21 @@ if insmod /lib/modules/mock_accel.ko; then echo "MOCKTEST insmod=ok"; else echo 
 for d in /sys/bus/pci/drivers/mock_accel/0000:*; do
     [ -e "$d" ] && echo "MOCKTEST bound=${d##*/}"
 done
+for c in /sys/class/mock-accel/*; do
+    n=${c##*/}
+    echo "MOCKTEST dev=$n pci=$(basename $(readlink $c/device))"
+    for a in uuid memory_size capabilities status numa_node physfn; do
+        [ -e $c/$a ] && echo "MOCKTEST attr=$n/$a value=$(cat $c/$a)"
+    done
+done
+if [ -e /sys/class/mock-accel/mock0/status ]; then
+    echo 1 > /sys/class/mock-accel/mock0/status && echo "MOCKTEST status_write=ok value=$(cat /sys/class/mock-accel/mock0/status)"
+    if echo junk > /sys/class/mock-accel/mock0/status 2>/tmp/err; then echo "MOCKTEST junk_write=accepted"; else echo "MOCKTEST junk_write=rejected err=$(cat /tmp/err | tr ' ' _)"; fi
+    echo 0 > /sys/class/mock-accel/mock0/status
+fi
 dmesg | grep 'mock-accel:' | sed 's/^/MOCKTEST-LOG /'
 if rmmod mock_accel; then echo "MOCKTEST rmmod=ok"; else echo "MOCKTEST rmmod=fail"; fi
+[ -e /sys/class/mock-accel ] && echo "MOCKTEST class_after_rmmod=present" || echo "MOCKTEST class_after_rmmod=gone"
 dmesg | grep -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST-PROBLEM /'
 dmesg | grep -c -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST kernel_problems=/'
 echo "MOCKTEST done=1"

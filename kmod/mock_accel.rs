@@ -12,11 +12,16 @@
 //! bits 8-15 label length), 0x1c FUNCTION (bit 0 VF, bits 8-15 VF index), 0x20 MEMORY_SIZE
 //! (u64), 0x28 CAPABILITIES, 0x2c STATUS (RW), 0x30 ENTROPY.
 //!
-//! Status of this file (work in progress, see docs/guest-driver.md): probe/identity only;
-//! the class `mock-accel`, sysfs attributes, `/dev/mockN`, firmware word list and SR-IOV
-//! emulation are not implemented yet.
+//! Exposed: class `mock-accel` with devices `mockN` (PFs) and `mockN_vfM` (VFs, function M+1
+//! of PF N's slot) carrying `uuid`, `memory_size`, `capabilities`, `status` (RW), `numa_node`,
+//! `physfn` (VFs: the PF's class device name) and the `device` link to the PCI function.
+//! Not implemented yet (see docs/guest-driver.md): `/dev/mockN`, firmware word list,
+//! `sriov_numvfs` gating.
 
+use core::fmt::Write;
 use kernel::{device::Core, io::Io, pci, prelude::*};
+
+mod sys;
 
 /// PCI vendor ID of the mock-accel device (no `pci::Vendor` constant exists for it, so the
 /// ID table matches the processing-accelerator class and probe checks vendor/device).
@@ -111,10 +116,60 @@ impl Identity {
     }
 }
 
-struct MockAccel<'bound> {
-    pdev: &'bound pci::Device,
+/// Per-function state shared with the sysfs callbacks (heap-allocated so its address is
+/// stable; the class device that points at it is removed before it is freed).
+pub(crate) struct Inner<'bound> {
     bar: Bar0<'bound>,
     id: Identity,
+    numa_node: i32,
+    /// Class device name of the PF (for VFs: `physfn`).
+    pf_name: [u8; 16],
+    pf_name_len: usize,
+}
+
+impl Inner<'_> {
+    /// Formats attribute `name` into `out`; `None` for an unknown attribute.
+    pub(crate) fn show(&self, name: &str, out: &mut sys::PageWriter<'_>) -> Option<()> {
+        match name {
+            "uuid" => writeln!(out, "{}", self.id.uuid_str()).ok(),
+            "memory_size" => writeln!(out, "{}", self.id.memory_size).ok(),
+            "capabilities" => writeln!(out, "0x{:08x}", self.id.capabilities).ok(),
+            "status" => writeln!(out, "{}", self.bar.read32(regs::STATUS)).ok(),
+            "numa_node" => writeln!(out, "{}", self.numa_node).ok(),
+            "physfn" => writeln!(
+                out,
+                "{}",
+                core::str::from_utf8(&self.pf_name[..self.pf_name_len]).unwrap_or("?")
+            )
+            .ok(),
+            _ => None,
+        }
+    }
+
+    /// Stores `input` into attribute `name`: only `status` accepts `0` or `1`.
+    pub(crate) fn store(&self, name: &str, input: &[u8]) -> Result {
+        let v = match (name, trim_newline(input)) {
+            ("status", b"0") => 0,
+            ("status", b"1") => 1,
+            _ => return Err(EINVAL),
+        };
+        self.bar.write32(v, regs::STATUS);
+        Ok(())
+    }
+}
+
+fn trim_newline(b: &[u8]) -> &[u8] {
+    match b {
+        [rest @ .., b'\n'] => rest,
+        _ => b,
+    }
+}
+
+struct MockAccel<'bound> {
+    pdev: &'bound pci::Device,
+    inner: KBox<Inner<'bound>>,
+    class_dev: sys::ClassDevice,
+    slot: usize,
 }
 
 struct MockAccelDriver;
@@ -153,6 +208,22 @@ impl pci::Driver for MockAccelDriver {
             return Err(ENODEV);
         }
         let id = Identity::read(&bar);
+        let numa_node = sys::numa_node(pdev.as_ref());
+        let key = sys::slot_key(pdev.as_ref());
+        let mut name = [0u8; 16];
+        let mut pf_name = [0u8; 16];
+        let (slot, name_len, pf_name_len);
+        if id.is_vf {
+            // Emulated SR-IOV (DESIGN.md §5): the PF is function 0 of this slot.
+            let pf = sys::pf_index(key).ok_or(EPROBE_DEFER)?;
+            slot = sys::alloc_slot(0).ok_or(EBUSY)?;
+            pf_name_len = fmt_into(&mut pf_name, format_args!("mock{pf}"));
+            name_len = fmt_into(&mut name, format_args!("mock{pf}_vf{}", id.vf_index));
+        } else {
+            slot = sys::alloc_slot(key).ok_or(EBUSY)?;
+            name_len = fmt_into(&mut name, format_args!("mock{slot}"));
+            pf_name_len = 0;
+        }
         let entropy_varies = bar.read32(regs::ENTROPY) != bar.read32(regs::ENTROPY);
         dev_info!(
             pdev,
@@ -166,19 +237,54 @@ impl pci::Driver for MockAccelDriver {
             if id.is_vf { id.vf_index as i64 } else { -1 },
             entropy_varies
         );
-        Ok(MockAccel { pdev, bar, id })
+        let inner = KBox::new(
+            Inner { bar, id, numa_node, pf_name, pf_name_len },
+            GFP_KERNEL,
+        )
+        .inspect_err(|_| sys::free_slot(slot))?;
+        let class_dev = sys::ClassDevice::create(pdev.as_ref(), &inner, &name[..name_len], inner.id.is_vf)
+            .inspect_err(|_| sys::free_slot(slot))?;
+        Ok(MockAccel { pdev, inner, class_dev, slot })
     }
 }
 
 impl Drop for MockAccel<'_> {
     fn drop(&mut self) {
-        dev_info!(self.pdev, "mock-accel: unbound {}\n", self.id.uuid_str());
-        let _ = &self.bar;
+        // Remove the class device (and wait for running sysfs callbacks) before `inner` goes.
+        self.class_dev.destroy();
+        sys::free_slot(self.slot);
+        dev_info!(self.pdev, "mock-accel: unbound {}\n", self.inner.id.uuid_str());
     }
 }
 
-kernel::module_pci_driver! {
-    type: MockAccelDriver,
+/// Formats into a fixed buffer (truncating), returning the length written.
+fn fmt_into(buf: &mut [u8], args: core::fmt::Arguments<'_>) -> usize {
+    let mut w = sys::PageWriter::new(buf);
+    let _ = w.write_fmt(args);
+    w.len()
+}
+
+/// The module: the `mock-accel` class lives as long as the PCI driver registration.
+#[pin_data]
+struct MockAccelModule {
+    // Dropped first: unbinding every device removes its class device.
+    #[pin]
+    _driver: kernel::driver::Registration<pci::Adapter<MockAccelDriver>>,
+    // Dropped second: the class is destroyed once it is empty.
+    _class: sys::Class,
+}
+
+impl kernel::InPlaceModule for MockAccelModule {
+    fn init(module: &'static kernel::ThisModule) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            _class: sys::Class::create()?,
+            _driver <- kernel::driver::Registration::new(c"mock_accel", module),
+        })
+    }
+}
+
+module! {
+    type: MockAccelModule,
     name: "mock_accel",
     authors: ["mock-accel authors"],
     description: "mock-accel PCIe accelerator guest driver",

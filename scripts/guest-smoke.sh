@@ -37,7 +37,7 @@ for _ in $(seq 50); do [ -S "$work/pf.sock" ] && [ -S "$work/vf0.sock" ] && brea
 mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
 t2=$(date +%s.%N)
 timeout 120 chroot "$root" qemu-system-x86_64 -machine q35 -accel tcg -nodefaults -nographic -no-user-config \
-    -smp 2 -m 512M \
+    -smp 2,sockets=2 -m 512M \
     -object memory-backend-memfd,id=mem0,size=256M,share=on -numa node,nodeid=0,memdev=mem0,cpus=0 \
     -object memory-backend-memfd,id=mem1,size=256M,share=on -numa node,nodeid=1,memdev=mem1,cpus=1 \
     -device pxb-pcie,id=pxb1,bus=pcie.0,bus_nr=32,numa_node=1 \
