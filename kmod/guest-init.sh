@@ -24,6 +24,11 @@ done
 if [ -e /sys/class/mock-accel/mock0/status ]; then
     echo 1 > /sys/class/mock-accel/mock0/status && echo "MOCKTEST status_write=ok value=$(cat /sys/class/mock-accel/mock0/status)"
     if echo junk > /sys/class/mock-accel/mock0/status 2>/tmp/err; then echo "MOCKTEST junk_write=accepted"; else echo "MOCKTEST junk_write=rejected err=$(cat /tmp/err | tr ' ' _)"; fi
+    if grep -q mocktest.host=1 /proc/cmdline; then
+        # The host harness saw status=1 through the device's control socket and sets 7.
+        i=0; while [ "$(cat /sys/class/mock-accel/mock0/status)" != 7 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+        echo "MOCKTEST host_status_seen=$(cat /sys/class/mock-accel/mock0/status)"
+    fi
     echo 0 > /sys/class/mock-accel/mock0/status
 fi
 dmesg | grep 'mock-accel:' | sed 's/^/MOCKTEST-LOG /'
