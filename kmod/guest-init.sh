@@ -17,6 +17,7 @@ done
 for c in /sys/class/mock-accel/*; do
     n=${c##*/}
     echo "MOCKTEST dev=$n pci=$(basename $(readlink $c/device))"
+    echo "MOCKTEST sysfs dev=$n path=$(readlink -f $c) devpath=$(readlink -f $c/device) pci_numa=$(cat $c/device/numa_node)"
     for a in uuid memory_size capabilities status numa_node physfn; do
         [ -e $c/$a ] && echo "MOCKTEST attr=$n/$a value=$(cat $c/$a)"
     done

@@ -181,6 +181,9 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let boot_to_checks = started.elapsed();
+    // Kept for scripts/export-sysfs-fixture.sh (tests/fixtures/sysfs-guest).
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-serial.log");
+    std::fs::copy(&serial, &keep).with_context(|| format!("copy serial log to {keep:?}"))?;
     let lines = serial_lines(&serial);
     let text = lines.join("\n");
     eprintln!("{text}\nboot to checks: {boot_to_checks:?}");
