@@ -15,8 +15,7 @@ use anyhow::{bail, Context};
 use mock_accel_tests::device_bin::DeviceProcess;
 use mock_accel_tests::{require_qemu, TestDir};
 use qemu::{
-    build_qemu_args, DeviceSpec, DirectBoot, LaunchOptions, NumaNode, QemuProcess, Serial,
-    Topology,
+    build_qemu_args, DeviceSpec, DirectBoot, LaunchOptions, NumaNode, QemuProcess, Serial, Topology,
 };
 
 /// Artifacts printed by `scripts/build-guest.sh` as `KEY=PATH`.
@@ -113,7 +112,9 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
                 "2G".to_owned(),
             ];
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            servers.push(DeviceProcess::spawn(&argv, &sock, dir.path(), &format!("n{n}-vf{v}")).await?);
+            servers.push(
+                DeviceProcess::spawn(&argv, &sock, dir.path(), &format!("n{n}-vf{v}")).await?,
+            );
             expected.push(Expected {
                 name: format!("mock{n}_vf{v}"),
                 uuid,
@@ -164,7 +165,11 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
     let mut host_saw = String::new();
     loop {
         let lines = serial_lines(&serial);
-        if lines.iter().any(|l| l.starts_with("MOCKTEST status_write=")) && host_saw.is_empty() {
+        if lines
+            .iter()
+            .any(|l| l.starts_with("MOCKTEST status_write="))
+            && host_saw.is_empty()
+        {
             host_saw = control(&pf0, "get")?;
             control(&pf0, "set-status 7")?;
         }
@@ -192,19 +197,50 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
     assert!(has("MOCKTEST insmod=ok"), "{text}");
     for e in &expected {
         let n = &e.name;
-        assert!(has(&format!("MOCKTEST attr={n}/uuid value={}", e.uuid)), "{n} uuid\n{text}");
-        assert!(has(&format!("MOCKTEST attr={n}/memory_size value={}", e.memory)), "{n} memory\n{text}");
-        assert!(has(&format!("MOCKTEST attr={n}/capabilities value=0x{:08x}", e.caps)), "{n} caps\n{text}");
-        assert!(has(&format!("MOCKTEST attr={n}/numa_node value={}", e.numa)), "{n} numa\n{text}");
+        assert!(
+            has(&format!("MOCKTEST attr={n}/uuid value={}", e.uuid)),
+            "{n} uuid\n{text}"
+        );
+        assert!(
+            has(&format!("MOCKTEST attr={n}/memory_size value={}", e.memory)),
+            "{n} memory\n{text}"
+        );
+        assert!(
+            has(&format!(
+                "MOCKTEST attr={n}/capabilities value=0x{:08x}",
+                e.caps
+            )),
+            "{n} caps\n{text}"
+        );
+        assert!(
+            has(&format!("MOCKTEST attr={n}/numa_node value={}", e.numa)),
+            "{n} numa\n{text}"
+        );
         if let Some(pf) = &e.physfn {
-            assert!(has(&format!("MOCKTEST attr={n}/physfn value={pf}")), "{n} physfn\n{text}");
+            assert!(
+                has(&format!("MOCKTEST attr={n}/physfn value={pf}")),
+                "{n} physfn\n{text}"
+            );
         }
-        assert!(lines.iter().any(|l| l.starts_with(&format!("MOCKTEST dev={n} pci="))), "{n} device link\n{text}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("MOCKTEST dev={n} pci="))),
+            "{n} device link\n{text}"
+        );
     }
     assert!(has("MOCKTEST status_write=ok value=1"), "{text}");
-    assert!(host_saw.contains("\"status\":1"), "host view after guest write: {host_saw}");
+    assert!(
+        host_saw.contains("\"status\":1"),
+        "host view after guest write: {host_saw}"
+    );
     assert!(has("MOCKTEST host_status_seen=7"), "{text}");
-    assert!(lines.iter().any(|l| l.starts_with("MOCKTEST junk_write=rejected")), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("MOCKTEST junk_write=rejected")),
+        "{text}"
+    );
     assert!(has("MOCKTEST rmmod=ok"), "{text}");
     assert!(has("MOCKTEST class_after_rmmod=gone"), "{text}");
     assert!(has("MOCKTEST kernel_problems=0"), "{text}");
