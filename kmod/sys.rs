@@ -21,8 +21,18 @@ pub(crate) const MAX_DEVICES: usize = 64;
 /// The registered `mock-accel` class (null before init / after exit).
 static CLASS: AtomicPtr<bindings::class> = AtomicPtr::new(core::ptr::null_mut());
 
-/// Device slots: 0 = free, u32::MAX = used by a VF, else PF slot key.
+/// Device slots: 0 = free, else PF slot key (PFs) or u32::MAX (VFs). PFs and VFs use separate
+/// tables so PF numbers (`mockN`) count PFs only.
 static SLOTS: [AtomicU32; MAX_DEVICES] = [const { AtomicU32::new(0) }; MAX_DEVICES];
+static VF_SLOTS: [AtomicU32; MAX_DEVICES] = [const { AtomicU32::new(0) }; MAX_DEVICES];
+
+fn table(slot: usize) -> (&'static [AtomicU32; MAX_DEVICES], usize) {
+    if slot >= MAX_DEVICES {
+        (&VF_SLOTS, slot - MAX_DEVICES)
+    } else {
+        (&SLOTS, slot)
+    }
+}
 
 /// `IS_ERR_OR_NULL()` for pointers returned by the kernel.
 fn is_err<T>(p: *mut T) -> bool {
@@ -70,16 +80,22 @@ pub(crate) fn slot_key<C: device::DeviceContext>(dev: &device::Device<C>) -> u32
 }
 
 /// Allocates a device slot. `key` != 0 registers a PF for [`pf_index`]; 0 marks a VF.
+/// VF slots are returned offset by [`MAX_DEVICES`].
 pub(crate) fn alloc_slot(key: u32) -> Option<usize> {
-    let v = if key == 0 { u32::MAX } else { key };
-    SLOTS
-        .iter()
+    let (t, v, off) = if key == 0 {
+        (&VF_SLOTS, u32::MAX, MAX_DEVICES)
+    } else {
+        (&SLOTS, key, 0)
+    };
+    t.iter()
         .position(|s| s.compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire).is_ok())
+        .map(|i| i + off)
 }
 
 /// Frees a slot from [`alloc_slot`].
 pub(crate) fn free_slot(slot: usize) {
-    if let Some(s) = SLOTS.get(slot) {
+    let (t, i) = table(slot);
+    if let Some(s) = t.get(i) {
         s.store(0, Ordering::Release);
     }
 }

@@ -160,7 +160,11 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
 
     // Host side of the status handshake: wait for the guest's write, check it via the
     // control socket, then change the register from the host.
-    let pf0 = dir.join("n0-pf.sock");
+    // mock0 is whichever PF the guest probed first: find its server by the uuid it shows.
+    let pf_socks = [
+        ("NODE1-NUMA0-PF", dir.join("n0-pf.sock")),
+        ("NODE1-NUMA1-PF", dir.join("n1-pf.sock")),
+    ];
     let deadline = started + Duration::from_secs(240);
     let mut host_saw = String::new();
     loop {
@@ -170,6 +174,15 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
             .any(|l| l.starts_with("MOCKTEST status_write="))
             && host_saw.is_empty()
         {
+            let pf0 = pf_socks
+                .iter()
+                .find(|(u, _)| {
+                    lines
+                        .iter()
+                        .any(|l| l == &format!("MOCKTEST attr=mock0/uuid value={u}"))
+                })
+                .map(|(_, s)| s.clone())
+                .context("mock0 is none of our PFs")?;
             host_saw = control(&pf0, "get")?;
             control(&pf0, "set-status 7")?;
         }
@@ -195,8 +208,26 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
     let has = |l: &str| lines.iter().any(|x| x == l);
 
     assert!(has("MOCKTEST insmod=ok"), "{text}");
+    // Class device name shown for `uuid` (names follow the guest's probe order).
+    let name_of = |uuid: &str| {
+        lines.iter().find_map(|l| {
+            let rest = l.strip_prefix("MOCKTEST attr=")?;
+            let (dev, v) = rest.split_once(' ')?;
+            (v == format!("value={uuid}")).then(|| dev.strip_suffix("/uuid").map(str::to_owned))?
+        })
+    };
     for e in &expected {
-        let n = &e.name;
+        let n =
+            &name_of(&e.uuid).with_context(|| format!("no device with uuid {}\n{text}", e.uuid))?;
+        let pf_name = e.physfn.as_ref().map(|_| {
+            let pf_uuid = format!("NODE1-NUMA{}-PF", e.numa);
+            name_of(&pf_uuid).unwrap_or_default()
+        });
+        assert!(
+            e.physfn.is_none() == !n.contains("_vf"),
+            "{n}: expected {} naming",
+            e.name
+        );
         assert!(
             has(&format!("MOCKTEST attr={n}/uuid value={}", e.uuid)),
             "{n} uuid\n{text}"
@@ -216,7 +247,7 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
             has(&format!("MOCKTEST attr={n}/numa_node value={}", e.numa)),
             "{n} numa\n{text}"
         );
-        if let Some(pf) = &e.physfn {
+        if let Some(pf) = &pf_name {
             assert!(
                 has(&format!("MOCKTEST attr={n}/physfn value={pf}")),
                 "{n} physfn\n{text}"
