@@ -224,7 +224,7 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
             name_of(&pf_uuid).unwrap_or_default()
         });
         assert!(
-            e.physfn.is_none() == !n.contains("_vf"),
+            e.physfn.is_some() == n.contains("_vf"),
             "{n}: expected {} naming",
             e.name
         );
