@@ -214,6 +214,8 @@ impl ControlPlane {
                 "--runtime-config=resource.k8s.io/v1=true".into(),
                 "--disable-admission-plugins=ServiceAccount".into(),
                 "--profiling=false".into(),
+                // As kubeadm/k3s clusters do: the DaemonSet writes sysfs and needs it.
+                "--allow-privileged=true".into(),
                 // The `kubernetes` Service cannot point at loopback; nothing here needs it.
                 "--endpoint-reconciler-type=none".into(),
                 // The `kubernetes` Service cannot point at loopback; nothing here needs it.

@@ -68,8 +68,10 @@ impl Plugin {
             .context("cannot start mock-accel-dra")?;
         let plugin = Self { child };
         wait_for("plugin sockets", Duration::from_secs(30), || {
-            Ok(dir.join("plugin/dra.sock").exists()
-                && dir.join(format!("registry/{DRIVER}-reg.sock")).exists())
+            // Connectable, not merely present: a SIGKILLed plugin leaves its socket files.
+            let up = |p: PathBuf| std::os::unix::net::UnixStream::connect(p).is_ok();
+            Ok(up(dir.join("plugin/dra.sock"))
+                && up(dir.join(format!("registry/{DRIVER}-reg.sock"))))
         })?;
         Ok(plugin)
     }
@@ -159,15 +161,35 @@ fn class_name(device: &str, root: &Path) -> String {
 fn allocate(cp: &ControlPlane, example: &Path) -> anyhow::Result<(String, String, Vec<Value>)> {
     let text = std::fs::read_to_string(example)?;
     cp.kubectl_stdin(&["apply", "-f", "-"], &text)?;
-    let claim_name = text
-        .split("---")
-        .find(|doc| doc.contains("kind: ResourceClaim"))
-        .and_then(|doc| {
-            doc.lines()
-                .skip_while(|l| !l.starts_with("metadata:"))
-                .find_map(|l| l.trim().strip_prefix("name:").map(|n| n.trim().to_owned()))
-        })
-        .context("example has a named ResourceClaim")?;
+    let name_of = |kind: &str| {
+        text.split("---")
+            .find(|doc| doc.lines().any(|l| l.trim() == format!("kind: {kind}")))
+            .and_then(|doc| {
+                doc.lines()
+                    .skip_while(|l| !l.starts_with("metadata:"))
+                    .find_map(|l| l.trim().strip_prefix("name:").map(|n| n.trim().to_owned()))
+            })
+    };
+    let claim_name = match name_of("ResourceClaim") {
+        Some(name) => name,
+        None => {
+            // From a ResourceClaimTemplate: the controller names the claim in the pod status.
+            let pod = name_of("Pod").context("example has a named Pod")?;
+            let mut generated = None;
+            wait_for(
+                &format!("claim of pod {pod}"),
+                Duration::from_secs(60),
+                || {
+                    let p = cp.get_json(&["pod", &pod])?;
+                    generated = p["status"]["resourceClaimStatuses"][0]["resourceClaimName"]
+                        .as_str()
+                        .map(str::to_owned);
+                    Ok(generated.is_some())
+                },
+            )?;
+            generated.context("generated claim name")?
+        }
+    };
     let mut claim = Value::Null;
     wait_for(
         &format!("allocation of {claim_name}"),
@@ -395,6 +417,25 @@ fn plugin_publishes_scheduler_allocates_and_kubelet_prepares() -> anyhow::Result
             }
             assert!(!spec_files[0].exists(), "{name}: CDI spec removed");
         }
+        // Free the devices for the next example (no kubelet: force the pod away).
+        let path = example.display().to_string();
+        cp.kubectl(&[
+            "delete",
+            "-f",
+            &path,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ])?;
+        wait_for(
+            &format!("{name}: claims released"),
+            Duration::from_secs(60),
+            || {
+                Ok(cp.get_json(&["resourceclaims"])?["items"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty))
+            },
+        )?;
     }
 
     // --- Registration as the kubelet's plugin watcher sees it.
