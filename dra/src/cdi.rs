@@ -122,7 +122,13 @@ pub fn build_spec(
         let mounts = vec![Mount {
             host_path: host_dir.to_string_lossy().into_owned(),
             container_path: format!("/sys/class/mock-accel/{}", d.name),
-            options: vec!["ro".into(), "nosuid".into(), "nodev".into(), "noexec".into(), "rbind".into()],
+            options: vec![
+                "ro".into(),
+                "nosuid".into(),
+                "nodev".into(),
+                "noexec".into(),
+                "rbind".into(),
+            ],
         }];
         // Only reference /dev/<name> when the node exists: a CDI device node that is missing
         // on the host makes the runtime fail the whole container.
@@ -144,7 +150,8 @@ pub fn build_spec(
             },
         });
     }
-    let join = |f: &dyn Fn(&AccelDevice) -> String| devices.iter().map(f).collect::<Vec<_>>().join(",");
+    let join =
+        |f: &dyn Fn(&AccelDevice) -> String| devices.iter().map(f).collect::<Vec<_>>().join(",");
     Spec {
         cdi_version: CDI_VERSION.into(),
         kind: kind(driver),
@@ -180,7 +187,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes a claim's spec file atomically; returns its path.
-pub fn write_spec(cdi_root: &Path, driver: &str, claim_uid: &str, spec: &Spec) -> std::io::Result<PathBuf> {
+pub fn write_spec(
+    cdi_root: &Path,
+    driver: &str,
+    claim_uid: &str,
+    spec: &Spec,
+) -> std::io::Result<PathBuf> {
     let path = spec_path(cdi_root, driver, claim_uid);
     let bytes = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
     write_atomic(&path, &bytes)?;
@@ -209,14 +221,27 @@ mod tests {
         let spec = build_spec("mock-accel.example.com", "uid-1", &devs, t.path());
         assert_eq!(spec.kind, "mock-accel.example.com/device");
         assert_eq!(spec.devices[0].name, "uid-1-mock0-vf0");
-        assert!(spec.container_edits.env.contains(&"MOCK_ACCEL_DEVICES=mock0_vf0,mock0_vf1".to_string()));
-        assert!(spec.container_edits.env.contains(&"MOCK_ACCEL_PCIS=0000:11:00.1,0000:11:00.2".to_string()));
+        assert!(spec
+            .container_edits
+            .env
+            .contains(&"MOCK_ACCEL_DEVICES=mock0_vf0,mock0_vf1".to_string()));
+        assert!(spec
+            .container_edits
+            .env
+            .contains(&"MOCK_ACCEL_PCIS=0000:11:00.1,0000:11:00.2".to_string()));
         let e1 = &spec.devices[1].container_edits;
-        assert!(e1.env.contains(&"MOCK_ACCEL_DEVICE_1=mock0_vf1".to_string()));
+        assert!(e1
+            .env
+            .contains(&"MOCK_ACCEL_DEVICE_1=mock0_vf1".to_string()));
         assert!(e1.env.contains(&"MOCK_ACCEL_PCI=0000:11:00.2".to_string()));
-        assert_eq!(e1.mounts[0].container_path, "/sys/class/mock-accel/mock0_vf1");
+        assert_eq!(
+            e1.mounts[0].container_path,
+            "/sys/class/mock-accel/mock0_vf1"
+        );
         assert!(e1.mounts[0].options.contains(&"ro".to_string()));
-        assert!(e1.mounts[0].host_path.ends_with("0000:11:00.2/mock-accel/mock0_vf1"));
+        assert!(e1.mounts[0]
+            .host_path
+            .ends_with("0000:11:00.2/mock-accel/mock0_vf1"));
         assert_eq!(e1.device_nodes[0].path, "/dev/mock0_vf1");
     }
 

@@ -58,7 +58,10 @@ pub fn write_group(root: &Path, g: &Group) -> io::Result<()> {
         let pci = root.join("sys").join(&pci_rel);
         let dev = pci.join("mock-accel").join(&name);
         fs::create_dir_all(&dev)?;
-        fs::write(dev.join("uuid"), format!("{:08x}-0000-4000-8000-{:012x}\n", g.index, f))?;
+        fs::write(
+            dev.join("uuid"),
+            format!("{:08x}-0000-4000-8000-{:012x}\n", g.index, f),
+        )?;
         fs::write(dev.join("memory_size"), format!("{}\n", memory_of(f)))?;
         fs::write(dev.join("capabilities"), format!("0x{:08x}\n", 1))?;
         fs::write(dev.join("status"), "0\n")?;
@@ -67,9 +70,15 @@ pub fn write_group(root: &Path, g: &Group) -> io::Result<()> {
         if f == 0 {
             fs::write(dev.join("sriov_numvfs"), format!("{}\n", g.vfs))?;
         } else {
-            symlink(format!("../{:04x}:{:02x}:00.0", g.domain, bus), pci.join("physfn"))?;
+            symlink(
+                format!("../{:04x}:{:02x}:00.0", g.domain, bus),
+                pci.join("physfn"),
+            )?;
         }
-        symlink(format!("../../{pci_rel}/mock-accel/{name}"), class.join(&name))?;
+        symlink(
+            format!("../../{pci_rel}/mock-accel/{name}"),
+            class.join(&name),
+        )?;
         fs::write(root.join("dev").join(&name), "")?;
     }
     Ok(())

@@ -15,7 +15,12 @@ use tonic::{Request, Response, Status};
 use crate::prepare::{ClaimRef, ClaimSource, PreparedDevice, Preparer};
 
 /// Generated protobuf/gRPC code.
-#[allow(missing_docs, clippy::all, missing_debug_implementations, unreachable_pub)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    missing_debug_implementations,
+    unreachable_pub
+)]
 pub mod pb {
     /// `pluginregistration` package.
     pub mod registration {
@@ -70,7 +75,9 @@ impl pb::registration::registration_server::Registration for Registration {
             tracing::error!(error = %r.error, "kubelet rejected registration");
         }
         self.registered.send_replace(Some(r.plugin_registered));
-        Ok(Response::new(pb::registration::RegistrationStatusResponse {}))
+        Ok(Response::new(
+            pb::registration::RegistrationStatusResponse {},
+        ))
     }
 }
 
@@ -94,7 +101,10 @@ impl<C: ClaimSource> Dra<C> {
         Self { preparer }
     }
 
-    async fn prepare_all(&self, claims: Vec<ClaimRef>) -> Result<Vec<(String, Result<Vec<PreparedDevice>, String>)>, Status> {
+    async fn prepare_all(
+        &self,
+        claims: Vec<ClaimRef>,
+    ) -> Result<Vec<(String, Result<Vec<PreparedDevice>, String>)>, Status> {
         if claims.len() > MAX_CLAIMS_PER_RPC {
             return Err(Status::invalid_argument("too many claims in one request"));
         }
@@ -113,7 +123,10 @@ impl<C: ClaimSource> Dra<C> {
         Ok(out)
     }
 
-    async fn unprepare_all(&self, claims: Vec<ClaimRef>) -> Result<Vec<(String, Result<(), String>)>, Status> {
+    async fn unprepare_all(
+        &self,
+        claims: Vec<ClaimRef>,
+    ) -> Result<Vec<(String, Result<(), String>)>, Status> {
         if claims.len() > MAX_CLAIMS_PER_RPC {
             return Err(Status::invalid_argument("too many claims in one request"));
         }
@@ -142,7 +155,11 @@ macro_rules! dra_version {
                     .into_inner()
                     .claims
                     .into_iter()
-                    .map(|c| ClaimRef { namespace: c.namespace, name: c.name, uid: c.uid })
+                    .map(|c| ClaimRef {
+                        namespace: c.namespace,
+                        name: c.name,
+                        uid: c.uid,
+                    })
                     .collect();
                 let mut map = HashMap::new();
                 for (uid, r) in self.prepare_all(claims).await? {
@@ -159,11 +176,16 @@ macro_rules! dra_version {
                                 .collect(),
                             error: String::new(),
                         },
-                        Err(e) => pb::$ver::NodePrepareResourceResponse { devices: vec![], error: e },
+                        Err(e) => pb::$ver::NodePrepareResourceResponse {
+                            devices: vec![],
+                            error: e,
+                        },
                     };
                     map.insert(uid, resp);
                 }
-                Ok(Response::new(pb::$ver::NodePrepareResourcesResponse { claims: map }))
+                Ok(Response::new(pb::$ver::NodePrepareResourcesResponse {
+                    claims: map,
+                }))
             }
 
             async fn node_unprepare_resources(
@@ -174,13 +196,24 @@ macro_rules! dra_version {
                     .into_inner()
                     .claims
                     .into_iter()
-                    .map(|c| ClaimRef { namespace: c.namespace, name: c.name, uid: c.uid })
+                    .map(|c| ClaimRef {
+                        namespace: c.namespace,
+                        name: c.name,
+                        uid: c.uid,
+                    })
                     .collect();
                 let mut map = HashMap::new();
                 for (uid, r) in self.unprepare_all(claims).await? {
-                    map.insert(uid, pb::$ver::NodeUnprepareResourceResponse { error: r.err().unwrap_or_default() });
+                    map.insert(
+                        uid,
+                        pb::$ver::NodeUnprepareResourceResponse {
+                            error: r.err().unwrap_or_default(),
+                        },
+                    );
                 }
-                Ok(Response::new(pb::$ver::NodeUnprepareResourcesResponse { claims: map }))
+                Ok(Response::new(pb::$ver::NodeUnprepareResourcesResponse {
+                    claims: map,
+                }))
             }
         }
     };
@@ -244,7 +277,9 @@ pub async fn serve<C: ClaimSource + 'static>(
     health_reporter
         .set_serving::<pb::v1::dra_plugin_server::DraPluginServer<Dra<C>>>()
         .await;
-    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let dra_listener = bind(&sockets.dra)?;
     let reg_listener = bind(&sockets.registration)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -278,7 +313,9 @@ pub async fn serve<C: ClaimSource + 'static>(
 }
 
 /// Connects a gRPC channel to a Unix socket.
-pub async fn unix_channel(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+pub async fn unix_channel(
+    path: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let path = path.to_path_buf();
     tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -297,7 +334,9 @@ pub async fn health_check(path: &Path) -> Result<(), String> {
     let ch = unix_channel(path).await.map_err(|e| e.to_string())?;
     let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
     let r = c
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .map_err(|e| e.to_string())?
         .into_inner();

@@ -23,7 +23,10 @@ enum Cmd {
     /// Liveness check: calls grpc.health.v1 Check on the DRA socket; exit 0 when serving.
     Healthcheck {
         /// DRA socket path.
-        #[arg(long, default_value = "/var/lib/kubelet/plugins/mock-accel.example.com/dra.sock")]
+        #[arg(
+            long,
+            default_value = "/var/lib/kubelet/plugins/mock-accel.example.com/dra.sock"
+        )]
         socket: PathBuf,
     },
 }
@@ -46,7 +49,11 @@ struct PluginArgs {
     #[arg(long, env = "CDI_ROOT", default_value = "/var/run/cdi")]
     cdi_root: PathBuf,
     /// Kubelet plugin registration directory.
-    #[arg(long, env = "REGISTRAR_DIR", default_value = "/var/lib/kubelet/plugins_registry")]
+    #[arg(
+        long,
+        env = "REGISTRAR_DIR",
+        default_value = "/var/lib/kubelet/plugins_registry"
+    )]
     registrar_dir: PathBuf,
     /// Plugin directory (DRA socket and checkpoint); default /var/lib/kubelet/plugins/<driver>.
     #[arg(long, env = "PLUGIN_DIR")]
@@ -108,7 +115,9 @@ async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
                 .await
                 .context("kubeconfig")?
         }
-        None => kube::Config::infer().await.context("inferring Kubernetes config")?,
+        None => kube::Config::infer()
+            .await
+            .context("inferring Kubernetes config")?,
     };
     kube::Client::try_from(cfg).context("Kubernetes client")
 }
@@ -120,9 +129,13 @@ fn init_logging(v: u8) {
         4..=5 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,dra={level},mock_accel_dra={level}")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,dra={level},mock_accel_dra={level}"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -140,10 +153,17 @@ async fn kubelet_plugin(a: PluginArgs) -> anyhow::Result<()> {
     if a.node_name.is_empty() {
         anyhow::bail!("--node-name (NODE_NAME) must not be empty");
     }
-    let plugin_dir = a
+    // Absolute paths: the DRA socket path is handed to the kubelet as the endpoint, and CDI
+    // host paths must not depend on the runtime's working directory.
+    let abs = |p: &PathBuf| std::path::absolute(p).with_context(|| format!("path {}", p.display()));
+    let plugin_dir = abs(&a
         .plugin_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/lib/kubelet/plugins").join(&a.driver_name));
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kubelet/plugins").join(&a.driver_name)))?;
+    let mut a = a;
+    a.sysfs_root = abs(&a.sysfs_root)?;
+    a.cdi_root = abs(&a.cdi_root)?;
+    a.registrar_dir = abs(&a.registrar_dir)?;
     let client = client(a.kubeconfig.as_ref()).await?;
     let cfg = Config {
         driver: a.driver_name.clone(),
@@ -153,9 +173,15 @@ async fn kubelet_plugin(a: PluginArgs) -> anyhow::Result<()> {
         checkpoint: plugin_dir.join("checkpoint.json"),
     };
     let preparer = Arc::new(
-        Preparer::new(cfg, KubeClaims(client.clone())).map_err(|e| anyhow::anyhow!("checkpoint: {e}"))?,
+        Preparer::new(cfg, KubeClaims(client.clone()))
+            .map_err(|e| anyhow::anyhow!("checkpoint: {e}"))?,
     );
-    let publisher = dra::publish::Publisher::new(client, a.driver_name.clone(), a.node_name.clone(), a.sysfs_root.clone());
+    let publisher = dra::publish::Publisher::new(
+        client,
+        a.driver_name.clone(),
+        a.node_name.clone(),
+        a.sysfs_root.clone(),
+    );
     let interval = a.rescan_interval;
     let publish_task = tokio::spawn(async move { publisher.run(interval).await });
     let sockets = dra::grpc::Sockets::new(&a.registrar_dir, &plugin_dir, &a.driver_name);
@@ -168,7 +194,10 @@ async fn kubelet_plugin(a: PluginArgs) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mock-accel-dra: tokio runtime: {e}");

@@ -20,7 +20,11 @@ pub const MAX_CHECKPOINT_BYTES: u64 = 64 << 20;
 /// Source of ResourceClaims (the API server in production, a map in tests).
 pub trait ClaimSource: Send + Sync {
     /// Reads claim `namespace/name`.
-    fn get(&self, namespace: &str, name: &str) -> impl Future<Output = Result<ResourceClaim, String>> + Send;
+    fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<ResourceClaim, String>> + Send;
 }
 
 /// Claim identity as sent by the kubelet.
@@ -171,7 +175,12 @@ impl<C: ClaimSource> Preparer<C> {
             let sysfs_name = names
                 .iter()
                 .find(|n| slices::device_name(n) == r.device)
-                .ok_or_else(|| format!("device {} of claim {} not found in sysfs", r.device, claim.uid))?;
+                .ok_or_else(|| {
+                    format!(
+                        "device {} of claim {} not found in sysfs",
+                        r.device, claim.uid
+                    )
+                })?;
             let d = sysfs::read_device(&self.cfg.sysfs_root, sysfs_name)
                 .map_err(|e| format!("device {}: {e}", r.device))?;
             devs.push(d);
@@ -191,7 +200,10 @@ impl<C: ClaimSource> Preparer<C> {
                 pool: r.pool.clone(),
                 device: r.device.clone(),
                 sysfs_name: d.name.clone(),
-                cdi_ids: vec![cdi::device_id(&self.cfg.driver, &cdi::cdi_name(&claim.uid, &d.name))],
+                cdi_ids: vec![cdi::device_id(
+                    &self.cfg.driver,
+                    &cdi::cdi_name(&claim.uid, &d.name),
+                )],
             })
             .collect();
         let mut next = state.clone();
@@ -260,7 +272,11 @@ impl MapSource {
 }
 
 impl ClaimSource for MapSource {
-    fn get(&self, namespace: &str, name: &str) -> impl Future<Output = Result<ResourceClaim, String>> + Send {
+    fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<ResourceClaim, String>> + Send {
         let r = self
             .0
             .lock()
@@ -272,15 +288,25 @@ impl ClaimSource for MapSource {
 }
 
 impl<T: ClaimSource> ClaimSource for std::sync::Arc<T> {
-    fn get(&self, namespace: &str, name: &str) -> impl Future<Output = Result<ResourceClaim, String>> + Send {
+    fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<ResourceClaim, String>> + Send {
         (**self).get(namespace, name)
     }
 }
 
 /// Builds an allocated claim (tests, benchmarks): `(request, driver, pool, device)` results.
-pub fn allocated_claim(ns: &str, name: &str, uid: &str, results: &[(&str, &str, &str, &str)]) -> ResourceClaim {
+pub fn allocated_claim(
+    ns: &str,
+    name: &str,
+    uid: &str,
+    results: &[(&str, &str, &str, &str)],
+) -> ResourceClaim {
     use k8s_openapi::api::resource::v1::{
-        AllocationResult, DeviceAllocationResult, DeviceRequestAllocationResult, ResourceClaimStatus,
+        AllocationResult, DeviceAllocationResult, DeviceRequestAllocationResult,
+        ResourceClaimStatus,
     };
     ResourceClaim {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -353,7 +379,9 @@ mod tests {
     }
 
     fn status(e: &Env, dev: &str) -> u32 {
-        sysfs::read_device(&e.cfg.sysfs_root, dev).expect("dev").status
+        sysfs::read_device(&e.cfg.sysfs_root, dev)
+            .expect("dev")
+            .status
     }
 
     #[tokio::test]
@@ -372,13 +400,20 @@ mod tests {
         let p = Preparer::new(e.cfg.clone(), e.src.clone()).expect("new");
         let devs = p.prepare(&cref("uid-1", "c1")).await.expect("prepare");
         assert_eq!(devs.len(), 1, "only our driver and our pool");
-        assert_eq!(devs[0].cdi_ids, ["mock-accel.example.com/device=uid-1-mock0-vf1"]);
+        assert_eq!(
+            devs[0].cdi_ids,
+            ["mock-accel.example.com/device=uid-1-mock0-vf1"]
+        );
         assert_eq!(status(&e, "mock0_vf1"), 1);
         assert_eq!(status(&e, "mock1"), 0);
         let spec_path = cdi::spec_path(&e.cfg.cdi_root, DRV, "uid-1");
-        let spec: cdi::Spec = serde_json::from_slice(&std::fs::read(&spec_path).expect("spec")).expect("json");
+        let spec: cdi::Spec =
+            serde_json::from_slice(&std::fs::read(&spec_path).expect("spec")).expect("json");
         assert_eq!(spec.devices[0].name, "uid-1-mock0-vf1");
-        assert!(Checkpoint::load(&e.cfg.checkpoint).expect("cp").claims.contains_key("uid-1"));
+        assert!(Checkpoint::load(&e.cfg.checkpoint)
+            .expect("cp")
+            .claims
+            .contains_key("uid-1"));
 
         // Idempotent.
         assert_eq!(p.prepare(&cref("uid-1", "c1")).await.expect("again"), devs);
@@ -386,14 +421,24 @@ mod tests {
         p.unprepare(&cref("uid-1", "c1")).await.expect("unprepare");
         assert_eq!(status(&e, "mock0_vf1"), 0);
         assert!(!spec_path.exists());
-        assert!(Checkpoint::load(&e.cfg.checkpoint).expect("cp").claims.is_empty());
-        p.unprepare(&cref("uid-1", "c1")).await.expect("unprepare twice");
+        assert!(Checkpoint::load(&e.cfg.checkpoint)
+            .expect("cp")
+            .claims
+            .is_empty());
+        p.unprepare(&cref("uid-1", "c1"))
+            .await
+            .expect("unprepare twice");
     }
 
     #[tokio::test]
     async fn restarted_plugin_unprepares_from_checkpoint() {
         let e = env();
-        e.src.insert(allocated_claim("default", "c1", "uid-1", &[("r", DRV, "node1", "mock1")]));
+        e.src.insert(allocated_claim(
+            "default",
+            "c1",
+            "uid-1",
+            &[("r", DRV, "node1", "mock1")],
+        ));
         {
             let p = Preparer::new(e.cfg.clone(), e.src.clone()).expect("new");
             p.prepare(&cref("uid-1", "c1")).await.expect("prepare");
@@ -409,16 +454,46 @@ mod tests {
     #[tokio::test]
     async fn uid_mismatch_and_unallocated_claims_are_per_claim_errors() {
         let e = env();
-        e.src.insert(allocated_claim("default", "c1", "uid-new", &[("r", DRV, "node1", "mock1")]));
+        e.src.insert(allocated_claim(
+            "default",
+            "c1",
+            "uid-new",
+            &[("r", DRV, "node1", "mock1")],
+        ));
         let mut unalloc = allocated_claim("default", "c2", "uid-2", &[]);
         unalloc.status = None;
         e.src.insert(unalloc);
-        e.src.insert(allocated_claim("default", "c3", "uid-3", &[("r", DRV, "node1", "nonexistent")]));
+        e.src.insert(allocated_claim(
+            "default",
+            "c3",
+            "uid-3",
+            &[("r", DRV, "node1", "nonexistent")],
+        ));
         let p = Preparer::new(e.cfg.clone(), e.src.clone()).expect("new");
-        assert!(p.prepare(&cref("uid-old", "c1")).await.unwrap_err().contains("UID mismatch"));
-        assert!(p.prepare(&cref("uid-2", "c2")).await.unwrap_err().contains("not allocated"));
-        assert!(p.prepare(&cref("uid-3", "c3")).await.unwrap_err().contains("not found"));
-        assert!(p.prepare(&cref("uid-4", "missing")).await.unwrap_err().contains("not found"));
+        assert!(p
+            .prepare(&cref("uid-old", "c1"))
+            .await
+            .err()
+            .unwrap_or_default()
+            .contains("UID mismatch"));
+        assert!(p
+            .prepare(&cref("uid-2", "c2"))
+            .await
+            .err()
+            .unwrap_or_default()
+            .contains("not allocated"));
+        assert!(p
+            .prepare(&cref("uid-3", "c3"))
+            .await
+            .err()
+            .unwrap_or_default()
+            .contains("not found"));
+        assert!(p
+            .prepare(&cref("uid-4", "missing"))
+            .await
+            .err()
+            .unwrap_or_default()
+            .contains("not found"));
         assert!(p.checkpoint().await.claims.is_empty());
         assert_eq!(status(&e, "mock1"), 0);
     }

@@ -97,7 +97,11 @@ impl Publisher {
             .filter(|s| s.spec.pool.name == self.node)
             .cloned()
             .collect();
-        let current_gen = ours.iter().map(|s| s.spec.pool.generation).max().unwrap_or(0);
+        let current_gen = ours
+            .iter()
+            .map(|s| s.spec.pool.generation)
+            .max()
+            .unwrap_or(0);
         let same_owner = ours.iter().all(|s| {
             s.metadata
                 .owner_references
@@ -132,11 +136,15 @@ impl Publisher {
             }
             api.patch(&name, &pp, &Patch::Apply(&body)).await?;
         }
-        let keep: std::collections::HashSet<_> =
-            desired.iter().filter_map(|s| s.metadata.name.clone()).collect();
+        let keep: std::collections::HashSet<_> = desired
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
         let mut deleted = 0;
         for s in &existing {
-            let Some(name) = &s.metadata.name else { continue };
+            let Some(name) = &s.metadata.name else {
+                continue;
+            };
             if !keep.contains(name) {
                 match api.delete(name, &DeleteParams::default()).await {
                     Ok(_) => deleted += 1,
@@ -145,7 +153,14 @@ impl Publisher {
                 }
             }
         }
-        tracing::info!(generation, slices = desired.len(), deleted, devices, skipped = scan.skipped.len(), "published");
+        tracing::info!(
+            generation,
+            slices = desired.len(),
+            deleted,
+            devices,
+            skipped = scan.skipped.len(),
+            "published"
+        );
         Ok(SyncOutcome {
             generation,
             changed: true,

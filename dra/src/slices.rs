@@ -49,7 +49,14 @@ fn int(v: i64) -> DeviceAttribute {
 
 /// Formats bytes as a Kubernetes quantity, using the largest exact binary suffix.
 pub fn quantity_bytes(b: u64) -> Quantity {
-    for (shift, suffix) in [(60, "Ei"), (50, "Pi"), (40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
+    for (shift, suffix) in [
+        (60, "Ei"),
+        (50, "Pi"),
+        (40, "Ti"),
+        (30, "Gi"),
+        (20, "Mi"),
+        (10, "Ki"),
+    ] {
         if b != 0 && b % (1u64 << shift) == 0 {
             return Quantity(format!("{}{suffix}", b >> shift));
         }
@@ -73,7 +80,10 @@ pub fn to_device(d: &AccelDevice) -> Device {
     if let Some(r) = &d.pcie_root {
         a.insert("resource.kubernetes.io/pcieRoot".to_string(), s(r));
     }
-    a.insert("resource.kubernetes.io/pciBusID".to_string(), s(&d.pci_address));
+    a.insert(
+        "resource.kubernetes.io/pciBusID".to_string(),
+        s(&d.pci_address),
+    );
     let mut c = BTreeMap::new();
     c.insert(
         "memory".to_string(),
@@ -109,7 +119,9 @@ pub fn build_slices(
         // One empty slice tells the scheduler the pool exists and is empty.
         vec![Vec::new()]
     } else {
-        devs.chunks(MAX_DEVICES_PER_SLICE).map(<[Device]>::to_vec).collect()
+        devs.chunks(MAX_DEVICES_PER_SLICE)
+            .map(<[Device]>::to_vec)
+            .collect()
     };
     let count = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
     chunks
@@ -118,7 +130,10 @@ pub fn build_slices(
         .map(|(i, devices)| ResourceSlice {
             metadata: ObjectMeta {
                 name: Some(slice_name(&node.name, driver, i)),
-                labels: Some(BTreeMap::from([(DRIVER_LABEL.to_string(), driver.to_string())])),
+                labels: Some(BTreeMap::from([(
+                    DRIVER_LABEL.to_string(),
+                    driver.to_string(),
+                )])),
                 owner_references: Some(vec![OwnerReference {
                     api_version: "v1".into(),
                     kind: "Node".into(),
@@ -182,12 +197,15 @@ mod tests {
         let scan = crate::sysfs::scan(t.path());
         let slices = build_slices("mock-accel.example.com", &node(), &scan.devices, 1);
         let got = serde_yaml::to_string(&slices).expect("yaml");
-        let golden_path =
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/slices-basic.yaml");
+        let golden_path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/slices-basic.yaml"
+        );
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::write(golden_path, &got).expect("write golden");
         }
-        let want = std::fs::read_to_string(golden_path).expect("golden (UPDATE_GOLDEN=1 to create)");
+        let want =
+            std::fs::read_to_string(golden_path).expect("golden (UPDATE_GOLDEN=1 to create)");
         assert_eq!(got, want);
     }
 
@@ -220,7 +238,10 @@ mod tests {
             assert_eq!(s.spec.pool.resource_slice_count, 3);
             assert_eq!(s.spec.pool.generation, 7);
             assert_eq!(s.spec.pool.name, "node1");
-            assert_eq!(s.metadata.name.as_deref(), Some(format!("node1-mock-accel-{i}").as_str()));
+            assert_eq!(
+                s.metadata.name.as_deref(),
+                Some(format!("node1-mock-accel-{i}").as_str())
+            );
         }
     }
 

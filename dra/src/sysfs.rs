@@ -126,7 +126,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SysfsError + '_ {
 pub fn read_attr(path: &Path) -> Result<String, SysfsError> {
     let f = fs::File::open(path).map_err(io(path))?;
     let mut buf = Vec::with_capacity(64);
-    f.take(MAX_ATTR_BYTES).read_to_end(&mut buf).map_err(io(path))?;
+    f.take(MAX_ATTR_BYTES)
+        .read_to_end(&mut buf)
+        .map_err(io(path))?;
     let s = String::from_utf8(buf).map_err(|_| SysfsError::Invalid {
         path: path.to_path_buf(),
         value: String::new(),
@@ -188,8 +190,8 @@ pub fn read_device(root: &Path, name: &str) -> Result<AccelDevice, SysfsError> {
     }
     let memory_bytes = read_u64(&dir, "memory_size")?;
     let caps = read_u64(&dir, "capabilities")?;
-    let capabilities =
-        u32::try_from(caps).map_err(|_| invalid(&dir.join("capabilities"), "", "exceeds 32 bits"))?;
+    let capabilities = u32::try_from(caps)
+        .map_err(|_| invalid(&dir.join("capabilities"), "", "exceeds 32 bits"))?;
     let status = u32::try_from(read_u64(&dir, "status")?)
         .map_err(|_| invalid(&dir.join("status"), "", "exceeds 32 bits"))?;
     let numa_path = dir.join("numa_node");
@@ -210,7 +212,11 @@ pub fn read_device(root: &Path, name: &str) -> Result<AccelDevice, SysfsError> {
         .unwrap_or_default()
         .to_string();
     if !is_pci_address(&pci_address) {
-        return Err(invalid(&dev_link, &pci_address, "link target is not a PCI address"));
+        return Err(invalid(
+            &dev_link,
+            &pci_address,
+            "link target is not a PCI address",
+        ));
     }
     let pcie_root = pci_dir.components().find_map(|c| {
         let s = c.as_os_str().to_str()?;
@@ -220,7 +226,11 @@ pub fn read_device(root: &Path, name: &str) -> Result<AccelDevice, SysfsError> {
     // A VF is recognised by a `physfn` link on its PCI device (PCI core style) or a `physfn`
     // attribute/link in its class directory (our guest driver's emulated SR-IOV).
     let physfn = physfn_of(&dir, &pci_dir)?;
-    let device_type = if physfn.is_some() { DeviceType::Vf } else { DeviceType::Pf };
+    let device_type = if physfn.is_some() {
+        DeviceType::Vf
+    } else {
+        DeviceType::Pf
+    };
     Ok(AccelDevice {
         name: name.to_string(),
         uuid,
@@ -322,9 +332,13 @@ pub fn write_status(root: &Path, name: &str, value: u32) -> Result<(), SysfsErro
     let p = device_dir(root, name)?.join("status");
     // sysfs attributes must be opened for writing without O_CREAT/O_TRUNC semantics mattering;
     // OpenOptions::write without create works for both sysfs and the file fixtures.
-    let mut f = fs::OpenOptions::new().write(true).open(&p).map_err(io(&p))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .map_err(io(&p))?;
     use std::io::Write;
-    f.write_all(format!("{value}\n").as_bytes()).map_err(io(&p))?;
+    f.write_all(format!("{value}\n").as_bytes())
+        .map_err(io(&p))?;
     Ok(())
 }
 
@@ -340,7 +354,17 @@ mod tests {
         let s = scan(t.path());
         assert!(s.skipped.is_empty(), "{:?}", s.skipped);
         let names: Vec<_> = s.devices.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["mock0", "mock0_vf0", "mock0_vf1", "mock1", "mock1_vf0", "mock1_vf1"]);
+        assert_eq!(
+            names,
+            [
+                "mock0",
+                "mock0_vf0",
+                "mock0_vf1",
+                "mock1",
+                "mock1_vf0",
+                "mock1_vf1"
+            ]
+        );
         let vf = &s.devices[2];
         assert_eq!(vf.pci_address, "0000:11:00.2");
         assert_eq!(vf.pcie_root.as_deref(), Some("pci0000:10"));
@@ -360,7 +384,11 @@ mod tests {
         let d = class_dir(t.path()).join("mock1_vf0");
         fs::write(d.join("memory_size"), "lots").expect("write");
         // Oversized attribute: only the bounded prefix is read, which is not a UUID.
-        fs::write(class_dir(t.path()).join("mock0_vf1/uuid"), vec![b'a'; 1 << 20]).expect("w");
+        fs::write(
+            class_dir(t.path()).join("mock0_vf1/uuid"),
+            vec![b'a'; 1 << 20],
+        )
+        .expect("w");
         let s = scan(t.path());
         assert_eq!(s.devices.len(), 4);
         let skipped: Vec<_> = s.skipped.iter().map(|(n, _)| n.as_str()).collect();

@@ -22,7 +22,9 @@ async fn channel(path: &Path) -> Channel {
         .expect("endpoint")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let p = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
         }))
         .await
         .expect("connect")
@@ -54,9 +56,17 @@ async fn kubelet_sockets_register_prepare_unprepare_and_report_health() {
         "default",
         "two",
         "uid-two",
-        &[("a", DRV, "node1", "mock0"), ("b", DRV, "node1", "mock1-vf0")],
+        &[
+            ("a", DRV, "node1", "mock0"),
+            ("b", DRV, "node1", "mock1-vf0"),
+        ],
     ));
-    src.insert(allocated_claim("default", "one", "uid-one", &[("a", DRV, "node1", "mock1")]));
+    src.insert(allocated_claim(
+        "default",
+        "one",
+        "uid-one",
+        &[("a", DRV, "node1", "mock1")],
+    ));
     let preparer = Arc::new(Preparer::new(cfg.clone(), src.clone()).expect("preparer"));
     let sockets = dra::grpc::Sockets::new(&t.path().join("registry"), &plugin_dir, DRV);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -69,12 +79,21 @@ async fn kubelet_sockets_register_prepare_unprepare_and_report_health() {
     });
 
     // Registration.
-    let mut reg = pb::registration::registration_client::RegistrationClient::new(channel(&sockets.registration).await);
-    let info = reg.get_info(pb::registration::InfoRequest {}).await.expect("GetInfo").into_inner();
+    let mut reg = pb::registration::registration_client::RegistrationClient::new(
+        channel(&sockets.registration).await,
+    );
+    let info = reg
+        .get_info(pb::registration::InfoRequest {})
+        .await
+        .expect("GetInfo")
+        .into_inner();
     assert_eq!(info.r#type, "DRAPlugin");
     assert_eq!(info.name, DRV);
     assert_eq!(info.endpoint, sockets.dra.to_string_lossy());
-    assert_eq!(info.supported_versions, ["v1.DRAPlugin", "v1beta1.DRAPlugin"]);
+    assert_eq!(
+        info.supported_versions,
+        ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+    );
     reg.notify_registration_status(pb::registration::RegistrationStatus {
         plugin_registered: true,
         error: String::new(),
@@ -86,13 +105,20 @@ async fn kubelet_sockets_register_prepare_unprepare_and_report_health() {
     // Health.
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     let h = health
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .expect("health")
         .into_inner();
-    assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
-    dra::grpc::health_check(&sockets.dra).await.expect("healthcheck subcommand logic");
+    dra::grpc::health_check(&sockets.dra)
+        .await
+        .expect("healthcheck subcommand logic");
 
     // v1 prepare: one good two-device claim, one missing claim -> per-claim error, RPC ok.
     let mut v1 = pb::v1::dra_plugin_client::DraPluginClient::new(ch.clone());
@@ -105,7 +131,11 @@ async fn kubelet_sockets_register_prepare_unprepare_and_report_health() {
         .into_inner();
     let two = &resp.claims["uid-two"];
     assert_eq!(two.error, "");
-    let ids: Vec<_> = two.devices.iter().flat_map(|d| d.cdi_device_ids.clone()).collect();
+    let ids: Vec<_> = two
+        .devices
+        .iter()
+        .flat_map(|d| d.cdi_device_ids.clone())
+        .collect();
     assert_eq!(
         ids,
         [
@@ -133,7 +163,10 @@ async fn kubelet_sockets_register_prepare_unprepare_and_report_health() {
         .await
         .expect("v1beta1 prepare")
         .into_inner();
-    assert_eq!(r.claims["uid-one"].devices[0].cdi_device_ids, ["mock-accel.example.com/device=uid-one-mock1"]);
+    assert_eq!(
+        r.claims["uid-one"].devices[0].cdi_device_ids,
+        ["mock-accel.example.com/device=uid-one-mock1"]
+    );
 
     // Unprepare both.
     let u = v1
@@ -144,10 +177,16 @@ async fn kubelet_sockets_register_prepare_unprepare_and_report_health() {
         .expect("unprepare")
         .into_inner();
     assert!(u.claims.values().all(|c| c.error.is_empty()));
-    assert_eq!((status("mock0"), status("mock1_vf0"), status("mock1")), (0, 0, 0));
+    assert_eq!(
+        (status("mock0"), status("mock1_vf0"), status("mock1")),
+        (0, 0, 0)
+    );
     assert!(!dra::cdi::spec_path(&cfg.cdi_root, DRV, "uid-two").exists());
 
     let _ = stop_tx.send(());
     server.await.expect("join").expect("serve");
-    assert!(!sockets.registration.exists(), "registration socket removed on shutdown");
+    assert!(
+        !sockets.registration.exists(),
+        "registration socket removed on shutdown"
+    );
 }

@@ -13,7 +13,9 @@ fn repo() -> PathBuf {
 fn docs(path: &Path) -> Vec<serde_yaml::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .map(|d| {
+            serde_yaml::Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -78,11 +80,15 @@ fn deviceclass_cel_matches_design() {
     for d in docs(&repo().join("deploy/deviceclasses.yaml")) {
         assert_eq!(d["apiVersion"].as_str(), Some("resource.k8s.io/v1"));
         let name = s(&d, &["metadata", "name"]).expect("name").to_string();
-        let cel = s(&d, &["spec", "selectors", "0", "cel", "expression"]).expect("cel").to_string();
+        let cel = s(&d, &["spec", "selectors", "0", "cel", "expression"])
+            .expect("cel")
+            .to_string();
         got.insert(name, cel);
     }
-    let want: BTreeMap<String, String> =
-        expected_cel().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let want: BTreeMap<String, String> = expected_cel()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -99,10 +105,15 @@ fn helm_values_carry_the_same_cel_and_seed_keys() {
             dc["cel"].as_str().expect("cel").to_string(),
         );
     }
-    let want: BTreeMap<String, String> =
-        expected_cel().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let want: BTreeMap<String, String> = expected_cel()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     assert_eq!(got, want);
-    assert_eq!(v["draDriver"]["name"].as_str(), Some("mock-accel.example.com"));
+    assert_eq!(
+        v["draDriver"]["name"].as_str(),
+        Some("mock-accel.example.com")
+    );
     for key in ["rbac", "serviceAccount", "kernelModule", "namespace"] {
         assert!(!v[key].is_null(), "values.{key}");
     }
@@ -112,7 +123,12 @@ fn helm_values_carry_the_same_cel_and_seed_keys() {
     for t in std::fs::read_dir(chart.join("templates")).expect("templates") {
         let p = t.expect("entry").path();
         let text = std::fs::read_to_string(&p).expect("read");
-        assert_eq!(text.matches("{{").count(), text.matches("}}").count(), "{}", p.display());
+        assert_eq!(
+            text.matches("{{").count(),
+            text.matches("}}").count(),
+            "{}",
+            p.display()
+        );
     }
 }
 
@@ -121,17 +137,33 @@ fn examples_pair_claims_with_pods_and_use_the_right_constraints() {
     let dir = repo().join("docs/examples");
     let want = [
         ("basic-allocation.yaml", None),
-        ("numa-locality.yaml", Some("mock-accel.example.com/numaNode")),
-        ("pcie-locality.yaml", Some("resource.kubernetes.io/pcieRoot")),
+        (
+            "numa-locality.yaml",
+            Some("mock-accel.example.com/numaNode"),
+        ),
+        (
+            "pcie-locality.yaml",
+            Some("resource.kubernetes.io/pcieRoot"),
+        ),
         ("sriov-vf.yaml", Some("mock-accel.example.com/physfn")),
         ("mixed-pf-vf.yaml", None),
     ];
     for (file, attr) in want {
         let d = docs(&dir.join(file));
-        let kinds: Vec<_> = d.iter().map(|x| x["kind"].as_str().expect("kind")).collect();
+        let kinds: Vec<_> = d
+            .iter()
+            .map(|x| x["kind"].as_str().expect("kind"))
+            .collect();
         assert_eq!(kinds.len(), 2, "{file}");
-        assert!(kinds[0].starts_with("ResourceClaim") && kinds[1] == "Pod", "{file}: {kinds:?}");
-        let spec = if kinds[0] == "ResourceClaimTemplate" { &d[0]["spec"]["spec"] } else { &d[0]["spec"] };
+        assert!(
+            kinds[0].starts_with("ResourceClaim") && kinds[1] == "Pod",
+            "{file}: {kinds:?}"
+        );
+        let spec = if kinds[0] == "ResourceClaimTemplate" {
+            &d[0]["spec"]["spec"]
+        } else {
+            &d[0]["spec"]
+        };
         let got = s(spec, &["devices", "constraints", "0", "matchAttribute"]);
         assert_eq!(got, attr, "{file}");
         for r in spec["devices"]["requests"].as_sequence().expect("requests") {
