@@ -153,10 +153,17 @@ async fn kubelet_plugin(a: PluginArgs) -> anyhow::Result<()> {
     if a.node_name.is_empty() {
         anyhow::bail!("--node-name (NODE_NAME) must not be empty");
     }
-    let plugin_dir = a
+    // Absolute paths: the DRA socket path is handed to the kubelet as the endpoint, and CDI
+    // host paths must not depend on the runtime's working directory.
+    let abs = |p: &PathBuf| std::path::absolute(p).with_context(|| format!("path {}", p.display()));
+    let plugin_dir = abs(&a
         .plugin_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/lib/kubelet/plugins").join(&a.driver_name));
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kubelet/plugins").join(&a.driver_name)))?;
+    let mut a = a;
+    a.sysfs_root = abs(&a.sysfs_root)?;
+    a.cdi_root = abs(&a.cdi_root)?;
+    a.registrar_dir = abs(&a.registrar_dir)?;
     let client = client(a.kubeconfig.as_ref()).await?;
     let cfg = Config {
         driver: a.driver_name.clone(),

@@ -147,7 +147,26 @@ impl<C: ClaimSource> Preparer<C> {
     pub async fn prepare(&self, claim: &ClaimRef) -> Result<Vec<PreparedDevice>, String> {
         let mut state = self.state.lock().await;
         if let Some(p) = state.claims.get(&claim.uid) {
-            // Idempotent: already prepared by us (possibly by a previous process).
+            // Idempotent: already prepared by us (possibly by a previous process). After a node
+            // reboot /var/run/cdi (tmpfs) is empty and the devices were re-probed while the
+            // checkpoint survived: re-apply status and the CDI spec when the spec is missing.
+            if !cdi::spec_path(&self.cfg.cdi_root, &self.cfg.driver, &claim.uid).exists() {
+                let mut devs = Vec::with_capacity(p.devices.len());
+                for d in &p.devices {
+                    devs.push(
+                        sysfs::read_device(&self.cfg.sysfs_root, &d.sysfs_name)
+                            .map_err(|e| format!("device {}: {e}", d.device))?,
+                    );
+                }
+                for d in &devs {
+                    sysfs::write_status(&self.cfg.sysfs_root, &d.name, 1)
+                        .map_err(|e| format!("device {}: {e}", d.name))?;
+                }
+                let spec =
+                    cdi::build_spec(&self.cfg.driver, &claim.uid, &devs, &self.cfg.sysfs_root);
+                cdi::write_spec(&self.cfg.cdi_root, &self.cfg.driver, &claim.uid, &spec)
+                    .map_err(|e| format!("CDI spec: {e}"))?;
+            }
             return Ok(p.devices.clone());
         }
         let rc = self.source.get(&claim.namespace, &claim.name).await?;
@@ -443,6 +462,16 @@ mod tests {
             let p = Preparer::new(e.cfg.clone(), e.src.clone()).expect("new");
             p.prepare(&cref("uid-1", "c1")).await.expect("prepare");
         }
+        // "Reboot": CDI tmpfs wiped and status reset; a repeated prepare restores both.
+        std::fs::remove_dir_all(&e.cfg.cdi_root).expect("wipe cdi");
+        sysfs::write_status(&e.cfg.sysfs_root, "mock1", 0).expect("reset");
+        {
+            let p = Preparer::new(e.cfg.clone(), Arc::new(MapSource::default())).expect("new");
+            p.prepare(&cref("uid-1", "c1"))
+                .await
+                .expect("re-prepare from checkpoint");
+            assert!(cdi::spec_path(&e.cfg.cdi_root, DRV, "uid-1").exists());
+        }
         // New process, and the claim is gone from the API by now.
         let p2 = Preparer::new(e.cfg.clone(), Arc::new(MapSource::default())).expect("new");
         assert_eq!(status(&e, "mock1"), 1);
@@ -473,22 +502,26 @@ mod tests {
         assert!(p
             .prepare(&cref("uid-old", "c1"))
             .await
-            .unwrap_err()
+            .err()
+            .unwrap_or_default()
             .contains("UID mismatch"));
         assert!(p
             .prepare(&cref("uid-2", "c2"))
             .await
-            .unwrap_err()
+            .err()
+            .unwrap_or_default()
             .contains("not allocated"));
         assert!(p
             .prepare(&cref("uid-3", "c3"))
             .await
-            .unwrap_err()
+            .err()
+            .unwrap_or_default()
             .contains("not found"));
         assert!(p
             .prepare(&cref("uid-4", "missing"))
             .await
-            .unwrap_err()
+            .err()
+            .unwrap_or_default()
             .contains("not found"));
         assert!(p.checkpoint().await.claims.is_empty());
         assert_eq!(status(&e, "mock1"), 0);

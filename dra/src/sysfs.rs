@@ -396,6 +396,34 @@ mod tests {
     }
 
     #[test]
+    fn physfn_attribute_in_the_class_directory_marks_a_vf() {
+        let t = tempfile::tempdir().expect("tmp");
+        fixture::write_basic(t.path()).expect("fixture");
+        let pci = t
+            .path()
+            .join("sys/devices/pci0000:20/0000:20:00.0/0000:21:00.1");
+        fs::remove_file(pci.join("physfn")).expect("rm link");
+        fs::write(class_dir(t.path()).join("mock1_vf0/physfn"), "mock1\n").expect("attr");
+        // A PF's empty physfn attribute means "no PF".
+        fs::write(class_dir(t.path()).join("mock1/physfn"), "\n").expect("attr");
+        let s = scan(t.path());
+        let vf = s
+            .devices
+            .iter()
+            .find(|d| d.name == "mock1_vf0")
+            .expect("vf");
+        assert_eq!(
+            (vf.device_type, vf.physfn.as_deref()),
+            (DeviceType::Vf, Some("mock1"))
+        );
+        let pf = s.devices.iter().find(|d| d.name == "mock1").expect("pf");
+        assert_eq!(
+            (pf.device_type, pf.physfn.as_deref()),
+            (DeviceType::Pf, None)
+        );
+    }
+
+    #[test]
     fn missing_class_directory_is_an_empty_scan() {
         let t = tempfile::tempdir().expect("tmp");
         let s = scan(t.path());
