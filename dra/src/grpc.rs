@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::prepare::{ClaimRef, ClaimSource, PreparedDevice, Preparer};
@@ -294,7 +293,10 @@ pub async fn serve<C: ClaimSource + 'static>(
         .add_service(health)
         .add_service(pb::v1::dra_plugin_server::DraPluginServer::new(dra.clone()))
         .add_service(pb::v1beta1::dra_plugin_server::DraPluginServer::new(dra))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(dra_listener), wait(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            crate::authority::incoming(dra_listener),
+            wait(stop_rx.clone()),
+        );
     let reg = Registration {
         driver: driver.to_string(),
         endpoint: sockets.dra.to_string_lossy().into_owned(),
@@ -302,7 +304,7 @@ pub async fn serve<C: ClaimSource + 'static>(
     };
     let reg_server = tonic::transport::Server::builder()
         .add_service(pb::registration::registration_server::RegistrationServer::new(reg))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(reg_listener), wait(stop_rx));
+        .serve_with_incoming_shutdown(crate::authority::incoming(reg_listener), wait(stop_rx));
     tracing::info!(dra = %sockets.dra.display(), registration = %sockets.registration.display(), "serving");
     let (a, b) = tokio::join!(dra_server, reg_server);
     let _ = std::fs::remove_file(&sockets.registration);

@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod authority;
 pub mod cdi;
 pub mod fixture;
 pub mod grpc;

@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strconv"
@@ -28,8 +29,19 @@ func fail(format string, args ...any) {
 	os.Exit(1)
 }
 
+// dial connects the way the kubelet's plugin watcher does (grpc.DialContext on the bare
+// socket path with a unix dialer): the :authority header is then the socket path, which a
+// server must accept.
 func dial(sock string) *grpc.ClientConn {
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := grpc.DialContext(ctx, sock,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithBlock(),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", addr)
+		}),
+	)
 	if err != nil {
 		fail("dial %s: %v", sock, err)
 	}
