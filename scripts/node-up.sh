@@ -12,6 +12,9 @@ RUN="${MOCK_ACCEL_NODE_RUN:-/run/mock-accel-node}"
 NODE_NAME="${MOCK_ACCEL_NODE_NAME:-mock-accel-node}"
 K8S_VERSION="${MOCK_ACCEL_K8S_VERSION:-1.34.4}"
 CACHE="${MOCK_ACCEL_CACHE:-$HOME/.cache/mock-accel}"
+# Non-default ports: other clusters (other helpers, CI jobs) may use the well-known ones.
+ETCD_PORT=23890 ETCD_PEER_PORT=23900 API_PORT=16443 KUBELET_PORT=10350 KUBELET_HEALTHZ_PORT=10348
+KCM_PORT=10357 SCHED_PORT=10359
 log() { echo "node-up: $*" >&2; }
 die() { echo "node-up: ERROR: $*" >&2; exit 1; }
 
@@ -30,8 +33,9 @@ stop_all() {
   # Shims and pod processes started by our containerd.
   # Shims started by our containerd: matched by our unique socket path, killed by pid.
   local d
+  shopt -s nullglob
   for d in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -qF -- "-address $RUN/containerd/containerd.sock"; then
+    if tr '\0' ' ' 2>/dev/null <"$d/cmdline" | grep -qF -- "-address $RUN/containerd/containerd.sock"; then
       kill -9 "${d#/proc/}" 2>/dev/null || true
     fi
   done
@@ -49,6 +53,11 @@ for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kube
 done
 
 stop_all
+for port in $ETCD_PORT $ETCD_PEER_PORT $API_PORT $KUBELET_PORT $KUBELET_HEALTHZ_PORT $KCM_PORT $SCHED_PORT; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    die "TCP port $port on 127.0.0.1 is already in use by another process (ss -ltnp | grep :$port)"
+  fi
+done
 rm -rf "$RUN"; mkdir -p "$RUN"/{pid,log,pki,etcd,containerd/root,containerd/state,kubelet,cdi,cni/net.d,cni/state,pods}
 PKI=$RUN/pki
 # The kubelet rejects a loopback node IP: use the address of the default-route interface.
@@ -74,7 +83,7 @@ kubeconfig() { # file cert
   cat >"$1" <<EOF
 apiVersion: v1
 kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", certificate-authority: "$PKI/ca.crt"}}]
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$PKI/ca.crt"}}]
 users: [{name: u, user: {client-certificate: "$PKI/$2.crt", client-key: "$PKI/$2.key"}}]
 contexts: [{name: c, context: {cluster: c, user: u}}]
 current-context: c
@@ -96,12 +105,12 @@ wait_for() { # what seconds cmd...
 }
 
 # --- control plane ---------------------------------------------------------------------------
-start etcd "$K8S_BIN/etcd" --data-dir "$RUN/etcd" --listen-client-urls http://127.0.0.1:23790 \
-  --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800 \
+start etcd "$K8S_BIN/etcd" --data-dir "$RUN/etcd" --listen-client-urls http://127.0.0.1:$ETCD_PORT \
+  --advertise-client-urls http://127.0.0.1:$ETCD_PORT --listen-peer-urls http://127.0.0.1:$ETCD_PEER_PORT \
   --unsafe-no-fsync
-wait_for etcd 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/23790"
-start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers http://127.0.0.1:23790 \
-  --bind-address 0.0.0.0 --advertise-address "$NODE_IP" --secure-port 6443 \
+wait_for etcd 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$ETCD_PORT"
+start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers http://127.0.0.1:$ETCD_PORT \
+  --bind-address 0.0.0.0 --advertise-address "$NODE_IP" --secure-port $API_PORT \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
   --client-ca-file "$PKI/ca.crt" --service-account-key-file "$PKI/sa.pub" \
   --service-account-signing-key-file "$PKI/sa.key" --service-account-issuer https://kubernetes.default.svc \
@@ -114,9 +123,9 @@ wait_for kube-apiserver 90 "${KC[@]}" get --raw /readyz
 start kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$RUN/admin.kubeconfig" \
   --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
   --use-service-account-credentials --controllers '*,-node-ipam-controller' --leader-elect=false \
-  --feature-gates DynamicResourceAllocation=true --bind-address 127.0.0.1 --secure-port 10257
+  --feature-gates DynamicResourceAllocation=true --bind-address 127.0.0.1 --secure-port $KCM_PORT
 start kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig "$RUN/admin.kubeconfig" \
-  --leader-elect=false --bind-address 127.0.0.1 --secure-port 10259 \
+  --leader-elect=false --bind-address 127.0.0.1 --secure-port $SCHED_PORT \
   --feature-gates DynamicResourceAllocation=true
 
 # --- containerd 1.7 with CDI -----------------------------------------------------------------
@@ -130,6 +139,10 @@ EOF
 cat >"$RUN/cni/net.d/99-loopback.conf" <<EOF
 {"cniVersion":"1.0.0","name":"lo","type":"loopback"}
 EOF
+# OCI runtime: runc (bookworm 1.1.5). crun 1.8.1 refuses this host's hybrid cgroup layout
+# ("cgroups in hybrid mode not supported, drop all controllers from cgroupv2": hugetlb is only on
+# the v2 hierarchy); runc works once restrict_oom_score_adj is set (below).
+OCI_RUNTIME="$(command -v "${MOCK_ACCEL_OCI_RUNTIME:-runc}")" || die "OCI runtime ${MOCK_ACCEL_OCI_RUNTIME:-runc} not found (apt-get install runc)"
 SYSTEMD_CGROUP=false; [[ $CGROUP_DRIVER == systemd ]] && SYSTEMD_CGROUP=true
 cat >"$RUN/containerd/config.toml" <<EOF
 version = 2
@@ -144,6 +157,9 @@ state = "$RUN/containerd/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   enable_cdi = true
+  # Sandboxes here lack CAP_SYS_RESOURCE (CapEff bit 24), so the runtime cannot lower
+  # oom_score_adj below containerd's own; clamp instead of failing sandbox creation.
+  restrict_oom_score_adj = true
   cdi_spec_dirs = ["$RUN/cdi", "/var/run/cdi"]
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$CNI_BIN_DIR"
@@ -155,7 +171,7 @@ state = "$RUN/containerd/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = $SYSTEMD_CGROUP
-        BinaryName = "$(command -v runc)"
+        BinaryName = "$OCI_RUNTIME"
 EOF
 export PATH="$CONTAINERD_BIN:$PATH"
 start containerd "$CONTAINERD_BIN/containerd" --config "$RUN/containerd/config.toml"
@@ -183,10 +199,10 @@ authorization: {mode: Webhook}
 tlsCertFile: "$PKI/kubelet.crt"
 tlsPrivateKeyFile: "$PKI/kubelet.key"
 address: 0.0.0.0
-port: 10250
+port: $KUBELET_PORT
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
-healthzPort: 10248
+healthzPort: $KUBELET_HEALTHZ_PORT
 staticPodPath: "$RUN/pods"
 cgroupsPerQOS: true
 enforceNodeAllocatable: []
@@ -202,7 +218,7 @@ EOF
 start kubelet "$KUBELET" --config "$RUN/kubelet/config.yaml" --kubeconfig "$RUN/kubelet.kubeconfig" \
   --root-dir "$RUN/kubelet/root" --cert-dir "$RUN/kubelet/pki" --hostname-override "$NODE_NAME" \
   --node-ip "$NODE_IP" --v 2
-wait_for "kubelet healthz" 60 bash -c "exec 3<>/dev/tcp/127.0.0.1/10248"
+wait_for "kubelet healthz" 60 bash -c "exec 3<>/dev/tcp/127.0.0.1/$KUBELET_HEALTHZ_PORT"
 node_ready() {
   [[ $("${KC[@]}" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
 }
