@@ -223,6 +223,7 @@ node_ready() {
   [[ $("${KC[@]}" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
 }
 wait_for "node $NODE_NAME Ready" 90 node_ready
+wait_for "serviceaccount default/default (controller-manager)" 60 "${KC[@]}" get serviceaccount default
 echo "KUBECONFIG=$RUN/admin.kubeconfig"
 echo "NODE_NAME=$NODE_NAME"
 echo "CDI_DIR=$RUN/cdi"
