@@ -57,7 +57,5 @@ K wait --for=jsonpath='{.status.phase}'=Running pod -l app=tp --timeout=120s >/d
 echo "test-node: 10 plain pods to Running: $(echo "$(date +%s.%N) - $t1" | bc) s" >&2
 K delete pod -l app=tp --grace-period=0 --force >/dev/null 2>&1 || true
 
-# --- DRA scenarios: need the mock-accel-dra kubelet plugin (DRA driver issue) -------------------
-DRA_BIN="${MOCK_ACCEL_DRA_BIN:-$ROOT/target/debug/mock-accel-dra}"
-[[ -x $DRA_BIN ]] || fail "DRA scenarios not run: $DRA_BIN missing (build it with 'cargo build -p dra'; the DRA driver crate must provide 'mock-accel-dra kubelet-plugin')"
-fail "DRA scenarios (discovery, basic allocation, NUMA/PCIe locality, VFs, mixed, 10-pod throughput) not wired yet: the kubelet cannot register mock-accel-dra (GetInfo -> RST_STREAM PROTOCOL_ERROR); see docs/full-node.md"
+# --- DRA: our plugin with the real kubelet (scripts/test-node-dra.sh) ------------------------
+source "$HERE/test-node-dra.sh"
