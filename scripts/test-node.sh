@@ -11,6 +11,10 @@ ROOT=$(dirname "$HERE")
 fail() { echo "test-node: FAIL: $*" >&2; exit 1; }
 pass() { echo "test-node: PASS: $*" >&2; }
 
+if [[ -z ${MOCK_ACCEL_DRA_BIN:-} ]]; then
+  (cd "$ROOT" && cargo build --locked -q -p dra --bin mock-accel-dra --example gen_fixture) \
+    || fail "cargo build -p dra failed"
+fi
 t0=$(date +%s.%N)
 eval "$("$HERE/node-up.sh")"
 [[ ${MOCK_ACCEL_NODE_KEEP:-0} == 1 ]] || trap '"$HERE/node-up.sh" down' EXIT

@@ -4,7 +4,14 @@
 //! device named `<claimUID>-<device>`. Each device injects `MOCK_ACCEL_DEVICE`,
 //! `MOCK_ACCEL_UUID`, `MOCK_ACCEL_PCI` plus the indexed `MOCK_ACCEL_DEVICE_<i>`/`_UUID_<i>`/
 //! `_PCI_<i>` (index = position in the claim), a read-only bind mount of its sysfs directory and
-//! `/dev/<name>` when that node exists. Spec-wide edits add `MOCK_ACCEL_DEVICES`,
+//! `/dev/<name>` when that node exists.
+//!
+//! Where the sysfs directory is mounted: always at `/run/mock-accel/<name>` (named by
+//! `MOCK_ACCEL_SYSFS` / `MOCK_ACCEL_SYSFS_<i>`), and additionally at the seeds' path
+//! `/sys/class/mock-accel/<name>` only when the driver reads the real sysfs (root `/`). A
+//! container's `/sys` is a read-only sysfs: a bind target there must already exist, which it
+//! does on a node running the guest driver and never does for a fixture tree (runc then fails
+//! the container with "mkdir ... read-only file system", seen on the full-node tier). Spec-wide edits add `MOCK_ACCEL_DEVICES`,
 //! `MOCK_ACCEL_UUIDS`, `MOCK_ACCEL_PCIS` (comma-joined, claim order) and
 //! `MOCK_ACCEL_DEVICE_COUNT`, so a container holding several devices loses nothing even though
 //! the unindexed variables can only name one of them.
@@ -18,6 +25,9 @@ use crate::sysfs::AccelDevice;
 
 /// CDI spec version written (the features used are env, deviceNodes, mounts, spec edits).
 pub const CDI_VERSION: &str = "0.5.0";
+
+/// Container directory under which each device's sysfs directory is bind-mounted read-only.
+pub const SYSFS_MOUNT_DIR: &str = "/run/mock-accel";
 
 /// CDI kind for a driver.
 pub fn kind(driver: &str) -> String {
@@ -116,20 +126,27 @@ pub fn build_spec(
         if let Some(n) = d.numa_node {
             env.push(format!("MOCK_ACCEL_NUMA_{i}={n}"));
         }
+        let run_dir = format!("{SYSFS_MOUNT_DIR}/{}", d.name);
+        env.push(format!("MOCK_ACCEL_SYSFS={run_dir}"));
+        env.push(format!("MOCK_ACCEL_SYSFS_{i}={run_dir}"));
         let class_entry = crate::sysfs::class_dir(sysfs_root).join(&d.name);
         // Bind the resolved directory: the class entry is a symlink into /sys/devices.
         let host_dir = std::fs::canonicalize(&class_entry).unwrap_or(class_entry);
-        let mounts = vec![Mount {
-            host_path: host_dir.to_string_lossy().into_owned(),
-            container_path: format!("/sys/class/mock-accel/{}", d.name),
-            options: vec![
-                "ro".into(),
-                "nosuid".into(),
-                "nodev".into(),
-                "noexec".into(),
-                "rbind".into(),
-            ],
-        }];
+        let host_path = host_dir.to_string_lossy().into_owned();
+        let mut targets = vec![run_dir];
+        if sysfs_root == Path::new("/") {
+            targets.push(format!("/sys/class/mock-accel/{}", d.name));
+        }
+        let mounts = targets
+            .into_iter()
+            .map(|container_path| Mount {
+                host_path: host_path.clone(),
+                container_path,
+                options: ["ro", "nosuid", "nodev", "noexec", "rbind"]
+                    .map(String::from)
+                    .to_vec(),
+            })
+            .collect();
         // Only reference /dev/<name> when the node exists: a CDI device node that is missing
         // on the host makes the runtime fail the whole container.
         let host_node = sysfs_root.join("dev").join(&d.name);
@@ -234,15 +251,43 @@ mod tests {
             .env
             .contains(&"MOCK_ACCEL_DEVICE_1=mock0_vf1".to_string()));
         assert!(e1.env.contains(&"MOCK_ACCEL_PCI=0000:11:00.2".to_string()));
-        assert_eq!(
-            e1.mounts[0].container_path,
-            "/sys/class/mock-accel/mock0_vf1"
-        );
+        assert_eq!(e1.mounts[0].container_path, "/run/mock-accel/mock0_vf1");
+        assert!(e1
+            .env
+            .contains(&"MOCK_ACCEL_SYSFS_1=/run/mock-accel/mock0_vf1".to_string()));
+        assert_eq!(e1.mounts.len(), 1, "a fixture root gets no /sys target");
         assert!(e1.mounts[0].options.contains(&"ro".to_string()));
         assert!(e1.mounts[0]
             .host_path
             .ends_with("0000:11:00.2/mock-accel/mock0_vf1"));
         assert_eq!(e1.device_nodes[0].path, "/dev/mock0_vf1");
+    }
+
+    #[test]
+    fn real_sysfs_root_also_mounts_at_the_seeds_sys_class_path() {
+        let dev = crate::sysfs::AccelDevice {
+            name: "mock0".into(),
+            uuid: "NODE1-NUMA0-PF".into(),
+            memory_bytes: 1 << 30,
+            capabilities: 1,
+            status: 0,
+            numa_node: Some(0),
+            pci_address: "0000:11:00.0".into(),
+            pcie_root: Some("pci0000:10".into()),
+            device_type: crate::sysfs::DeviceType::Pf,
+            physfn: None,
+        };
+        let spec = build_spec("d.example.com", "u", &[dev], Path::new("/"));
+        let targets: Vec<_> = spec.devices[0]
+            .container_edits
+            .mounts
+            .iter()
+            .map(|m| m.container_path.as_str())
+            .collect();
+        assert_eq!(
+            targets,
+            ["/run/mock-accel/mock0", "/sys/class/mock-accel/mock0"]
+        );
     }
 
     #[test]

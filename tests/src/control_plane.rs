@@ -465,6 +465,47 @@ pub fn create_ready_node(cp: &ControlPlane, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cache directory shared by every provisioned artefact (`MOCK_ACCEL_CACHE`, else
+/// `~/.cache/mock-accel`).
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    std::env::var_os("MOCK_ACCEL_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mock-accel")))
+        .context("neither MOCK_ACCEL_CACHE nor HOME is set")
+}
+
+/// Runs `go` with the project's module and build caches (under [`cache_dir`]) and no
+/// toolchain downloads; fails with stderr when go fails.
+fn run_go(
+    args: &[&str],
+    dir: &Path,
+    extra_env: &[(&str, &Path)],
+    what: &str,
+) -> anyhow::Result<()> {
+    let cache = cache_dir()?;
+    let mut cmd = Command::new("go");
+    cmd.args(args)
+        .current_dir(dir)
+        .env("GOMODCACHE", cache.join("go/mod"))
+        .env("GOCACHE", cache.join("go/build"))
+        .env("GOFLAGS", "-buildvcs=false")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run go (install Go >= 1.24) to build {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "go build of {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// The Go kubelet-side client (`tests/kubelet-client`, built against the published
 /// `k8s.io/kubelet` API packages), built with the host's Go into the cache, keyed by its
 /// sources.
@@ -479,30 +520,42 @@ pub fn kubelet_client_binary() -> anyhow::Result<PathBuf> {
         f.hash(&mut key);
     }
     let key = std::hash::Hasher::finish(&key);
-    let cache = std::env::var_os("MOCK_ACCEL_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mock-accel")))
-        .context("neither MOCK_ACCEL_CACHE nor HOME is set")?;
-    let bin = cache.join(format!("kubelet-client-{key:016x}"));
-    if bin.is_file() {
-        return Ok(bin);
+    let bin = cache_dir()?.join(format!("kubelet-client-{key:016x}"));
+    if !bin.is_file() {
+        let target = bin.display().to_string();
+        run_go(
+            &["build", "-o", &target, "."],
+            &src,
+            &[],
+            "tests/kubelet-client",
+        )?;
     }
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(".")
-        .current_dir(&src)
-        .env("GOMODCACHE", cache.join("go/mod"))
-        .env("GOCACHE", cache.join("go/build"))
-        .env("GOFLAGS", "-buildvcs=false")
-        .env("GOTOOLCHAIN", "local")
-        .output()
-        .context("cannot run go (install Go >= 1.24) to build tests/kubelet-client")?;
-    if !out.status.success() {
-        bail!(
-            "go build tests/kubelet-client failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    Ok(bin)
+}
+
+/// Helm version used to render `charts/mock-device` (Helm is not packaged for Debian
+/// bookworm; it is built from its Go module through the module proxy, ~2-4 min cold).
+pub const HELM_VERSION: &str = "v3.19.0";
+
+/// `helm`, from `HELM=` or built with `go install helm.sh/helm/v3/cmd/helm@HELM_VERSION`
+/// into `<cache>/helm-<version>/helm`.
+pub fn helm_binary() -> anyhow::Result<PathBuf> {
+    if let Some(helm) = std::env::var_os("HELM") {
+        return Ok(PathBuf::from(helm));
+    }
+    let dir = cache_dir()?.join(format!("helm-{HELM_VERSION}"));
+    let bin = dir.join("helm");
+    if !bin.is_file() {
+        let partial = dir.with_extension("partial");
+        let module = format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}");
+        run_go(
+            &["install", "-trimpath", "-ldflags=-s -w", &module],
+            &std::env::temp_dir(),
+            &[("GOBIN", &partial)],
+            &module,
+        )?;
+        std::fs::rename(&partial, &dir)
+            .with_context(|| format!("cannot move {} into place", partial.display()))?;
     }
     Ok(bin)
 }
