@@ -116,7 +116,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers http://127.0.0.1:$
   --service-account-signing-key-file "$PKI/sa.key" --service-account-issuer https://kubernetes.default.svc \
   --kubelet-client-certificate "$PKI/admin.crt" --kubelet-client-key "$PKI/admin.key" \
   --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP \
-  --authorization-mode Node,RBAC --service-cluster-ip-range 10.96.0.0/16 \
+  --authorization-mode Node,RBAC --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
   --runtime-config resource.k8s.io/v1=true --feature-gates DynamicResourceAllocation=true
 KC=("$K8S_BIN/kubectl" --kubeconfig "$RUN/admin.kubeconfig")
 wait_for kube-apiserver 90 "${KC[@]}" get --raw /readyz

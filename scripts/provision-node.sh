@@ -131,6 +131,20 @@ build_oci() { # name ref entrypoint-json out.tar [extra-file-src:dest ...]
   rm -rf "$w"
 }
 
+# --driver-image BIN REF OUT.tar: an OCI image of a stripped copy of the mock-accel-dra binary
+# plus the shared libraries ldd lists (no registry, no image build tool: same writer as the
+# test images), for the DaemonSet in scripts/test-node-dra.sh.
+if [[ ${1:-} == --driver-image ]]; then
+  [[ $# == 4 && -x $2 ]] || die "usage: $0 --driver-image BIN REF OUT.tar"
+  w=$(mktemp -d)
+  strip -o "$w/mock-accel-dra" "$2"
+  extras=("$w/mock-accel-dra:usr/local/bin/mock-accel-dra")
+  for lib in $(ldd "$2" | grep -o '/[^ ]*'); do extras+=("$lib:${lib#/}"); done
+  build_oci mock-accel-dra "$3" '["/usr/local/bin/mock-accel-dra"]' "$4" "${extras[@]}"
+  rm -rf "$w"
+  exit 0
+fi
+
 IMG_DIR="$CACHE/node-images"
 PAUSE_REF="localhost/mock-accel/pause:busybox"
 TEST_REF="localhost/mock-accel/busybox:test"

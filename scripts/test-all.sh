@@ -5,6 +5,9 @@
 #   2. vfio-user conformance against real QEMU 11.1 vfio-user-pci   (scripts/provision-rootfs.sh)
 #   3. guest end to end: our kernel + mock_accel.ko under QEMU TCG  (scripts/build-guest.sh)
 #   4. DRA against a real kube-apiserver/scheduler/controller-mgr   (scripts/provision-k8s.sh)
+#      and the Helm chart rendered by a real helm                    (built by the test, cached)
+#   5. full node: real kubelet + containerd (CDI) run the seeds'     (scripts/test-node.sh)
+#      scenarios with our plugin
 # Fails loudly at the first broken step. Needs root (debootstrap, chroot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +37,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (all tiers)"
 cargo test --workspace --locked --no-fail-fast -- --test-threads=1
+
+step "full-node tier: scripts/test-node.sh"
+scripts/test-node.sh
 
 step "done in $(( $(date +%s) - t0 )) s"

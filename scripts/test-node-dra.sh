@@ -19,17 +19,86 @@ trap 'stop_plugin; [[ ${MOCK_ACCEL_NODE_KEEP:-0} == 1 ]] || "$HERE/node-up.sh" d
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 
-# start_plugin ROOT: runs mock-accel-dra as a process on this node (see docs/full-node.md for why
-# not the DaemonSet) and waits until its devices are published and the kubelet registered it.
+# How the driver runs: MOCK_ACCEL_NODE_DRA=daemonset (default; deploy/ applied through a
+# kustomize overlay with a locally built image, the way users run it) or =process (a plain
+# process on the host; quicker to debug).
+DRA_MODE="${MOCK_ACCEL_NODE_DRA:-daemonset}"
+DS=mock-accel-dra-kubelet-plugin
+CTR_BIN=$(ls -d "${MOCK_ACCEL_CACHE:-$HOME/.cache/mock-accel}"/containerd-*/bin/ctr | head -1)
+DRA_REF=localhost/mock-accel/dra:node-test
+
+# The overlay: image built here, API server reached at the node IP (no kube-proxy on this
+# node, so the kubernetes Service IP is not routable), kubelet and CDI directories at this
+# node's paths, mounted at the same paths in the container (the plugin reports its socket path
+# to the kubelet, and CDI host paths must be host paths), and the fixture tree as sysfs root.
+write_overlay() { # SYSFS_ROOT
+  local o=$WORK/overlay api_port
+  api_port=$(grep -o 'https://[^" ,}]*' "$KUBECONFIG" | head -1 | sed 's#.*:##')
+  mkdir -p "$o"
+  cat > "$o/kustomization.yaml" <<YAML
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [$(realpath --relative-to="$o" "$ROOT/deploy")]
+patches:
+- patch: |
+    apiVersion: apps/v1
+    kind: DaemonSet
+    metadata: {name: $DS, namespace: mock-accel}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: kubelet-plugin
+            image: $DRA_REF
+            imagePullPolicy: Never
+            args: [kubelet-plugin, --sysfs-root=$1, --cdi-root=$CDI_DIR, --rescan-interval=2s,
+                   --registrar-dir=$KUBELET_ROOT/plugins_registry,
+                   --plugin-dir=$KUBELET_ROOT/plugins/mock-accel.example.com]
+            env:
+            - {name: KUBERNETES_SERVICE_HOST, value: "$NODE_IP"}
+            - {name: KUBERNETES_SERVICE_PORT, value: "$api_port"}
+            volumeMounts:
+            - {name: plugins-registry, mountPath: $KUBELET_ROOT/plugins_registry}
+            - {name: plugins, mountPath: $KUBELET_ROOT/plugins}
+            - {name: cdi, mountPath: $CDI_DIR}
+            - {name: fixtures, mountPath: $WORK}
+          volumes:
+          - {name: plugins-registry, hostPath: {path: $KUBELET_ROOT/plugins_registry}}
+          - {name: plugins, hostPath: {path: $KUBELET_ROOT/plugins}}
+          - {name: cdi, hostPath: {path: $CDI_DIR}}
+          - {name: fixtures, hostPath: {path: $WORK, type: Directory}}
+YAML
+  echo "$o"
+}
+
+if [[ $DRA_MODE == daemonset ]]; then
+  NODE_IP=$(K get node "$NODE_NAME" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
+  [[ -n $NODE_IP ]] || fail "node $NODE_NAME has no InternalIP"
+  t=$(now)
+  "$HERE/provision-node.sh" --driver-image "$DRA_BIN" "$DRA_REF" "$WORK/dra-image.tar" \
+    || fail "building the driver image failed"
+  "$CTR_BIN" --address "$CTR_ADDRESS" -n k8s.io images import "$WORK/dra-image.tar" >/dev/null \
+    || fail "importing $DRA_REF into containerd failed"
+  echo "test-node: driver image $DRA_REF built and imported in $(since "$t") s ($(du -h "$WORK/dra-image.tar" | cut -f1))" >&2
+fi
+
+# start_plugin ROOT: runs the driver on this node and waits until its devices are published
+# and the kubelet registered it.
 start_plugin() {
   FIX=$1
   local want log=$WORK/mock-accel-dra-$(basename "$1").log
   want=$(ls "$FIX/sys/class/mock-accel" | wc -l)
-  "$DRA_BIN" kubelet-plugin --kubeconfig "$KUBECONFIG" --node-name "$NODE_NAME" --sysfs-root "$FIX" \
-    --cdi-root "$CDI_DIR" --registrar-dir "$KUBELET_ROOT/plugins_registry" \
-    --plugin-dir "$KUBELET_ROOT/plugins/mock-accel.example.com" --rescan-interval 2s \
-    > "$log" 2>&1 &
-  DRA_PID=$!
+  if [[ $DRA_MODE == daemonset ]]; then
+    K apply -k "$(write_overlay "$FIX")" >/dev/null || fail "kubectl apply -k (deploy/ + node overlay) failed"
+    K -n mock-accel rollout status "ds/$DS" --timeout=120s >/dev/null \
+      || fail "DaemonSet $DS not ready: $(K -n mock-accel describe pods | grep -E 'Warning|Error' | tail -2)"
+  else
+    "$DRA_BIN" kubelet-plugin --kubeconfig "$KUBECONFIG" --node-name "$NODE_NAME" --sysfs-root "$FIX" \
+      --cdi-root "$CDI_DIR" --registrar-dir "$KUBELET_ROOT/plugins_registry" \
+      --plugin-dir "$KUBELET_ROOT/plugins/mock-accel.example.com" --rescan-interval 2s \
+      > "$log" 2>&1 &
+    DRA_PID=$!
+  fi
   local n=0
   for _ in $(seq 1 60); do
     n=$(K get resourceslices --field-selector "spec.nodeName=$NODE_NAME" \
@@ -37,18 +106,27 @@ start_plugin() {
     [[ $n -eq $want ]] && break
     sleep 1
   done
-  [[ $n -eq $want ]] || fail "discovery: $n devices published for $NODE_NAME (want $want); log: $(tail -3 "$log")"
+  [[ $n -eq $want ]] || fail "discovery: $n devices published for $NODE_NAME (want $want); log: $(plugin_log | tail -3)"
   for _ in $(seq 1 60); do
-    grep -q "registered with the kubelet" "$log" && break
+    plugin_log | grep -q "registered with the kubelet" && break
     sleep 1
   done
-  grep -q "registered with the kubelet" "$log" \
-    || fail "kubelet did not register mock-accel-dra; log tail: $(tail -3 "$log")"
+  plugin_log | grep -q "registered with the kubelet" \
+    || fail "kubelet did not register mock-accel-dra; log tail: $(plugin_log | tail -3)"
+}
+
+plugin_log() {
+  if [[ $DRA_MODE == daemonset ]]; then
+    K -n mock-accel logs "ds/$DS" 2>/dev/null
+  else
+    cat "$WORK/mock-accel-dra-$(basename "$FIX").log"
+  fi
 }
 
 stop_plugin() {
-  [[ -n $DRA_PID ]] || return 0
-  kill "$DRA_PID" 2>/dev/null; wait "$DRA_PID" 2>/dev/null; DRA_PID=
+  if [[ -n $DRA_PID ]]; then
+    kill "$DRA_PID" 2>/dev/null; wait "$DRA_PID" 2>/dev/null; DRA_PID=
+  fi
 }
 
 # Host-side facts of a device in the current fixture.
@@ -81,7 +159,7 @@ slices=$(K get resourceslices --field-selector "spec.nodeName=$NODE_NAME" -o jso
 for attr in uuid deviceType pciAddress numaNode capabilities resource.kubernetes.io/pcieRoot resource.kubernetes.io/pciBusID; do
   [[ $(echo "$slices" | grep -c "\"$attr\"") -ge 6 ]] || fail "discovery: attribute $attr missing on some device"
 done
-pass "mock-accel-dra registered with the real kubelet; every device carries the required attributes"
+pass "mock-accel-dra ($DRA_MODE) registered with the real kubelet; every device carries the required attributes"
 K apply -f "$ROOT/deploy/deviceclasses.yaml" >/dev/null
 
 # --- basic allocation: env, read-only sysfs mount, status 1, CDI spec ------------------------
