@@ -84,7 +84,11 @@ impl Daemon {
     fn spawn(name: &'static str, dir: &Path, bin: &Path, args: &[String]) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt;
         let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)?;
+        // Append: a restarted component keeps the log of its previous run.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
@@ -129,6 +133,8 @@ pub struct ControlPlane {
     pub server: String,
     /// Time from the first process start to a ready API server and scheduler.
     pub startup: Duration,
+    /// kube-apiserver's arguments, kept for [`ControlPlane::start_apiserver`].
+    api_args: Vec<String>,
     dir: TestDir,
 }
 
@@ -176,6 +182,7 @@ impl ControlPlane {
             kubeconfig: kubeconfig.clone(),
             server: server.clone(),
             startup: Duration::ZERO,
+            api_args: Vec::new(),
             dir,
         };
         cp.daemons.push(Daemon::spawn(
@@ -193,37 +200,30 @@ impl ControlPlane {
                 "--unsafe-no-fsync".into(),
             ],
         )?);
-        cp.daemons.push(Daemon::spawn(
-            "kube-apiserver",
-            &d,
-            &bin.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--tls-cert-file={}", s("apiserver.crt")),
-                format!("--tls-private-key-file={}", s("apiserver.key")),
-                format!("--client-ca-file={}", s("ca.crt")),
-                format!("--service-account-key-file={}", s("sa.pub")),
-                format!("--service-account-signing-key-file={}", s("sa.key")),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                "--authorization-mode=Node,RBAC".into(),
-                "--service-cluster-ip-range=10.96.0.0/24".into(),
-                // DRA is GA in 1.34 (resource.k8s.io/v1 on by default); say so explicitly.
-                "--runtime-config=resource.k8s.io/v1=true".into(),
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--profiling=false".into(),
-                // As kubeadm/k3s clusters do: the DaemonSet writes sysfs and needs it.
-                "--allow-privileged=true".into(),
-                // The `kubernetes` Service cannot point at loopback; nothing here needs it.
-                "--endpoint-reconciler-type=none".into(),
-                // The `kubernetes` Service cannot point at loopback; nothing here needs it.
-                "--endpoint-reconciler-type=none".into(),
-                "--v=1".into(),
-            ],
-        )?);
-        cp.wait_ready("kube-apiserver", &["get", "--raw", "/readyz"])?;
+        cp.api_args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--tls-cert-file={}", s("apiserver.crt")),
+            format!("--tls-private-key-file={}", s("apiserver.key")),
+            format!("--client-ca-file={}", s("ca.crt")),
+            format!("--service-account-key-file={}", s("sa.pub")),
+            format!("--service-account-signing-key-file={}", s("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            "--authorization-mode=Node,RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/24".into(),
+            // DRA is GA in 1.34 (resource.k8s.io/v1 on by default); say so explicitly.
+            "--runtime-config=resource.k8s.io/v1=true".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--profiling=false".into(),
+            // As kubeadm/k3s clusters do: the DaemonSet writes sysfs and needs it.
+            "--allow-privileged=true".into(),
+            // The `kubernetes` Service cannot point at loopback; nothing here needs it.
+            "--endpoint-reconciler-type=none".into(),
+            "--v=1".into(),
+        ];
+        cp.start_apiserver()?;
         let common = |name: &str| {
             vec![
                 format!("--kubeconfig={}", kubeconfig.display()),
@@ -259,6 +259,21 @@ impl ControlPlane {
         )?;
         cp.startup = started.elapsed();
         Ok(cp)
+    }
+
+    /// Stops kube-apiserver (SIGKILL), as an API server crash or restart looks to clients.
+    pub fn stop_apiserver(&mut self) {
+        self.daemons.retain(|d| d.name != "kube-apiserver");
+    }
+
+    /// Starts kube-apiserver (again) with the same arguments, port and etcd, and waits until
+    /// it is ready.
+    pub fn start_apiserver(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.path().to_path_buf();
+        let bin = self.bin.join("kube-apiserver");
+        let daemon = Daemon::spawn("kube-apiserver", &dir, &bin, &self.api_args)?;
+        self.daemons.push(daemon);
+        self.wait_ready("kube-apiserver", &["get", "--raw", "/readyz"])
     }
 
     fn certificates(d: &Path) -> anyhow::Result<()> {

@@ -213,7 +213,7 @@ fn allocate(cp: &ControlPlane, example: &Path) -> anyhow::Result<(String, String
 
 #[test]
 fn plugin_publishes_scheduler_allocates_and_kubelet_prepares() -> anyhow::Result<()> {
-    let cp = ControlPlane::start()?;
+    let mut cp = ControlPlane::start()?;
     eprintln!("control plane ready in {:?}", cp.startup);
     create_ready_node(&cp, NODE)?;
     let dir = TestDir::new("dra")?;
@@ -513,10 +513,41 @@ spec:
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .max()
         .context("a device")?;
+    let victim_target = std::fs::read_link(class.join(&victim))?;
     std::fs::remove_file(class.join(&victim))?;
     wait_for("rescan after removal", Duration::from_secs(15), || {
         Ok(published_devices(&cp)?.len() == sysfs_count - 1)
     })?;
+
+    // --- The API server goes away: the plugin keeps serving, retries with backoff, and once
+    // the API server is back publishes what changed meanwhile (the device returns).
+    cp.stop_apiserver();
+    std::os::unix::fs::symlink(&victim_target, class.join(&victim))?;
+    std::thread::sleep(Duration::from_secs(6)); // several failed rescans (interval 1 s)
+    let mut plugin = plugin;
+    assert!(
+        plugin.child.try_wait()?.is_none(),
+        "the plugin survives an API server outage"
+    );
+    let reg = dir.join(&format!("registry/{DRIVER}-reg.sock"));
+    let info = kubelet_client(&["info", reg.to_str().unwrap_or_default()])?;
+    assert_eq!(info["name"], DRIVER, "kubelet sockets keep answering");
+    let back = Instant::now();
+    cp.start_apiserver()?;
+    wait_for(
+        "republish after the API server restart",
+        Duration::from_secs(60),
+        || Ok(published_devices(&cp)?.len() == sysfs_count),
+    )?;
+    eprintln!(
+        "API server back to the re-added device published: {:?}",
+        back.elapsed()
+    );
+    let plugin_log = std::fs::read_to_string(dir.join("plugin.log"))?;
+    assert!(
+        plugin_log.contains("publishing failed"),
+        "the outage was seen and retried (plugin log)"
+    );
     drop(plugin);
     Ok(())
 }
