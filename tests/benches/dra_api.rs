@@ -35,8 +35,13 @@ impl Drop for Plugin {
     }
 }
 
-fn start_plugin(cp: &ControlPlane, dir: &Path, root: &Path, run: usize) -> anyhow::Result<Plugin> {
-    let bin = workspace_binary("dra", "mock-accel-dra", "MOCK_ACCEL_DRA_BIN")?;
+fn start_plugin(
+    bin: &Path,
+    cp: &ControlPlane,
+    dir: &Path,
+    root: &Path,
+    run: usize,
+) -> anyhow::Result<Plugin> {
     let log = std::fs::File::create(dir.join(format!("plugin-{run}.log")))?;
     let child = Command::new(bin)
         .arg("kubelet-plugin")
@@ -77,6 +82,8 @@ fn main() -> anyhow::Result<()> {
     // Device nodes of the generated fixture are plain files; prepare only needs sysfs.
     std::fs::remove_dir_all(root.join("dev"))?;
 
+    // Built before any clock starts.
+    let bin = workspace_binary("dra", "mock-accel-dra", "MOCK_ACCEL_DRA_BIN")?;
     let started = Instant::now();
     let cp = ControlPlane::start()?;
     println!(
@@ -93,7 +100,7 @@ fn main() -> anyhow::Result<()> {
         let _ = cp.kubectl(&["delete", "resourceslices", "--all", "--wait=true"])?;
         ensure!(published(&cp)? == 0, "slices left from the previous run");
         let t = Instant::now();
-        let plugin = start_plugin(&cp, dir.path(), &root, run)?;
+        let plugin = start_plugin(&bin, &cp, dir.path(), &root, run)?;
         loop {
             if published(&cp)? == DEVICES {
                 break;
