@@ -49,7 +49,7 @@ pub fn control_path(socket: &Path) -> PathBuf {
 }
 
 /// Answer one request line.
-fn answer(handle: &DeviceHandle, line: &str) -> String {
+pub(crate) fn answer(handle: &DeviceHandle, line: &str) -> String {
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         (Some("get"), None, None) => serde_json::to_string(&handle.snapshot())

@@ -47,6 +47,7 @@
 pub mod bar0;
 pub mod config_space;
 pub mod control;
+pub mod fuzzing;
 pub mod model;
 pub mod topology;
 

@@ -14,7 +14,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const TYPE_HEADERS: u8 = 0x1;
 const TYPE_CONTINUATION: u8 = 0x9;
 const FLAG_END_STREAM: u8 = 0x1;
@@ -22,7 +22,7 @@ const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
 /// Largest frame we accept or emit (the HTTP/2 default SETTINGS_MAX_FRAME_SIZE).
-const MAX_FRAME: usize = 16_384;
+pub(crate) const MAX_FRAME: usize = 16_384;
 /// Largest header block we reassemble.
 const MAX_HEADER_BLOCK: usize = 256 * 1024;
 
@@ -81,7 +81,7 @@ fn frame_header(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; 9] {
 }
 
 /// Copy client-to-server, rewriting header blocks; returns when the client closes.
-async fn client_to_server<R, W>(mut from: R, mut to: W) -> Result<(), RelayError>
+pub(crate) async fn client_to_server<R, W>(mut from: R, mut to: W) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

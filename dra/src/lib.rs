@@ -25,6 +25,7 @@
 pub mod authority;
 pub mod cdi;
 pub mod fixture;
+pub mod fuzzing;
 pub mod grpc;
 pub mod prepare;
 pub mod publish;

@@ -88,7 +88,15 @@ impl Checkpoint {
         f.take(MAX_CHECKPOINT_BYTES)
             .read_to_end(&mut buf)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_slice(&buf).map_err(|e| format!("{}: {e}", path.display()))
+        Self::parse(&buf).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses checkpoint bytes (at most [`MAX_CHECKPOINT_BYTES`] are accepted).
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() as u64 > MAX_CHECKPOINT_BYTES {
+            return Err(format!("checkpoint exceeds {MAX_CHECKPOINT_BYTES} bytes"));
+        }
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
 
     /// Saves atomically.

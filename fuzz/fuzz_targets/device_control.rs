@@ -1,0 +1,6 @@
+//! `device::fuzzing::control` on arbitrary bytes (see that function for the rule it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    device::fuzzing::control(data);
+});

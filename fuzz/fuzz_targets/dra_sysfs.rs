@@ -1,0 +1,6 @@
+//! `dra::fuzzing::sysfs_device` on arbitrary bytes (see that function for the rule it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    dra::fuzzing::sysfs_device(data);
+});
