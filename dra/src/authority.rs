@@ -41,6 +41,8 @@ pub enum RelayError {
     MalformedHeaders,
     #[error("HPACK decoding failed: {0}")]
     Hpack(String),
+    #[error("decoded header list exceeds {MAX_HEADER_LIST} bytes")]
+    HeaderListTooLarge,
 }
 
 /// Whether `value` is a plain `host[:port]` authority that `h2` accepts. grpc-go sends the
@@ -52,25 +54,40 @@ fn valid_authority(value: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
 }
 
+/// Largest decoded header list we accept (names + values + 32 bytes per field, RFC 7541
+/// §4.1): bounds memory when a small block references large table entries many times.
+const MAX_HEADER_LIST: usize = 256 * 1024;
+/// HPACK dynamic table size the server side advertises (the HTTP/2 default); a correct client
+/// never references entries beyond it.
+const HEADER_TABLE_SIZE: usize = 4096;
+
 /// Rewrite one complete header block.
 fn rewrite_block(
     decoder: &mut hpack::Decoder<'_>,
     encoder: &mut hpack::Encoder<'_>,
     block: &[u8],
 ) -> Result<Vec<u8>, RelayError> {
-    let headers = decoder
-        .decode(block)
-        .map_err(|e| RelayError::Hpack(format!("{e:?}")))?;
-    let fixed: Vec<(Vec<u8>, Vec<u8>)> = headers
-        .into_iter()
-        .map(|(name, value)| {
-            if name == b":authority" && !valid_authority(&value) {
-                (name, b"localhost".to_vec())
-            } else {
-                (name, value)
-            }
-        })
-        .collect();
+    let mut fixed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut total = 0usize;
+    let decoded = decoder.decode_with_cb(block, |name, value| {
+        total = total.saturating_add(name.len() + value.len() + 32);
+        if total > MAX_HEADER_LIST {
+            return;
+        }
+        let value = if &name[..] == b":authority" && !valid_authority(&value) {
+            b"localhost".to_vec()
+        } else {
+            value.into_owned()
+        };
+        fixed.push((name.into_owned(), value));
+    });
+    // The decoder honours any table-size update a client sends; clamp it back after every
+    // block so a peer cannot grow the table without bound across blocks.
+    decoder.set_max_table_size(HEADER_TABLE_SIZE);
+    decoded.map_err(|e| RelayError::Hpack(format!("{e:?}")))?;
+    if total > MAX_HEADER_LIST {
+        return Err(RelayError::HeaderListTooLarge);
+    }
     Ok(encoder.encode(fixed.iter().map(|(n, v)| (&n[..], &v[..]))))
 }
 
@@ -265,6 +282,39 @@ mod tests {
             );
             assert_eq!(headers.len(), 4);
         }
+    }
+
+    #[test]
+    fn rustsec_2023_0085_input_is_an_error_not_a_panic() {
+        // hpack 0.3.0 panicked on these (RUSTSEC-2023-0085 and a fuzzer find in dra_relay).
+        let mut dec = hpack::Decoder::new();
+        let mut enc = hpack::Encoder::new();
+        assert!(rewrite_block(&mut dec, &mut enc, &[0x3f]).is_err());
+        let crash = [
+            0x3f, 0xe1, 0x1f, 0x00, 0x07, b':', b'm', b'e', b't', 0xa8, b'h', b'o',
+        ];
+        let _ = rewrite_block(&mut dec, &mut enc, &crash);
+    }
+
+    #[test]
+    fn header_list_amplification_is_refused() {
+        // One literal with incremental indexing of 4000 bytes, then 100 one-byte references to
+        // it: 4 KB of input decoding to 400 KB of headers.
+        let mut block = vec![0x40, 0x01, b'x', 0x7f];
+        let mut n = 4000 - 127;
+        while n >= 128 {
+            block.push(0x80 | (n % 128) as u8);
+            n /= 128;
+        }
+        block.push(n as u8);
+        block.extend(std::iter::repeat_n(b'y', 4000));
+        block.extend(std::iter::repeat_n(0x80 | 62, 100));
+        let mut dec = hpack::Decoder::new();
+        let mut enc = hpack::Encoder::new();
+        assert!(matches!(
+            rewrite_block(&mut dec, &mut enc, &block),
+            Err(RelayError::HeaderListTooLarge)
+        ));
     }
 
     #[test]
