@@ -257,7 +257,7 @@ pub fn build_qemu_args(
         args.push2("-pidfile", path_str(pidfile)?);
     }
 
-    for drive in &options.drives {
+    for (i, drive) in options.drives.iter().enumerate() {
         if drive.format.is_empty()
             || !drive
                 .format
@@ -266,9 +266,9 @@ pub fn build_qemu_args(
         {
             return Err(BuildError::BadDriveFormat(drive.format.clone()));
         }
-        // A virtio disk on pcie.0; read-only for seeds and shared images.
+        // The disk's backend; read-only for seeds and shared images.
         let mut value = format!(
-            "file={},format={},if=virtio",
+            "file={},format={},if=none,id=disk{i}",
             opt_value(path_str(&drive.path)?),
             drive.format
         );
@@ -276,6 +276,13 @@ pub fn build_qemu_args(
             value.push_str(",readonly=on");
         }
         args.push2("-drive", value);
+        // Its virtio disk, on pcie.0 by name: without bus= QEMU would pick the last
+        // pxb-pcie, which only takes bridges. The first disk boots.
+        let mut device = format!("virtio-blk-pci,drive=disk{i},bus=pcie.0");
+        if i == 0 {
+            device.push_str(",bootindex=0");
+        }
+        args.push2("-device", device);
     }
 
     if let Some(net) = &options.user_net {
@@ -284,7 +291,8 @@ pub fn build_qemu_args(
             "-netdev",
             format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22", net.ssh_port),
         );
-        args.push2("-device", "virtio-net-pci,netdev=net0");
+        // On pcie.0 for the same reason as the disks.
+        args.push2("-device", "virtio-net-pci,netdev=net0,bus=pcie.0");
     }
 
     if options.no_reboot {
@@ -601,6 +609,63 @@ mod tests {
                 TopologyError::SocketPathTooLong { .. }
             ))
         ));
+    }
+
+    #[test]
+    fn disks_and_nic_sit_on_the_root_bus_not_on_an_expander() {
+        let options = LaunchOptions {
+            drives: vec![
+                Drive {
+                    path: "/tmp/a,b.qcow2".into(),
+                    format: "qcow2".into(),
+                    read_only: false,
+                },
+                Drive {
+                    path: "/tmp/seed.iso".into(),
+                    format: "raw".into(),
+                    read_only: true,
+                },
+            ],
+            user_net: Some(UserNet { ssh_port: 2222 }),
+            ..LaunchOptions::default()
+        };
+        let args = build_qemu_args(&topo(2, 0), &options).unwrap();
+        assert!(args.contains(&"file=/tmp/a,,b.qcow2,format=qcow2,if=none,id=disk0".to_owned()));
+        assert!(
+            args.contains(&"file=/tmp/seed.iso,format=raw,if=none,id=disk1,readonly=on".to_owned())
+        );
+        assert!(args.contains(&"virtio-blk-pci,drive=disk0,bus=pcie.0,bootindex=0".to_owned()));
+        assert!(args.contains(&"virtio-blk-pci,drive=disk1,bus=pcie.0".to_owned()));
+        assert!(args.contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22".to_owned()));
+        assert!(args.contains(&"virtio-net-pci,netdev=net0,bus=pcie.0".to_owned()));
+        let bad = LaunchOptions {
+            drives: vec![Drive {
+                path: "/tmp/x".into(),
+                format: "qcow2,snapshot=on".into(),
+                read_only: false,
+            }],
+            ..LaunchOptions::default()
+        };
+        assert!(matches!(
+            build_qemu_args(&topo(1, 0), &bad),
+            Err(BuildError::BadDriveFormat(_))
+        ));
+    }
+
+    #[test]
+    fn one_socket_per_numa_node_needs_even_cpus() {
+        let options = LaunchOptions {
+            socket_per_numa_node: true,
+            ..LaunchOptions::default()
+        };
+        let args = build_qemu_args(&topo(2, 0), &options).unwrap();
+        assert!(args.contains(&"2,sockets=2".to_owned()));
+        let mut t = topo(2, 0);
+        t.numa_nodes[1].cpus = 2;
+        assert_eq!(
+            build_qemu_args(&t, &options),
+            Err(BuildError::UnevenSockets)
+        );
     }
 
     #[test]

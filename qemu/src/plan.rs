@@ -200,11 +200,7 @@ impl Plan {
                         memory_mib: shape.memory_mib_per_numa,
                         devices: (0..shape.pfs_per_numa)
                             .map(|p| {
-                                let pf = if p == 0 {
-                                    String::new()
-                                } else {
-                                    p.to_string()
-                                };
+                                let pf = if p == 0 { String::new() } else { p.to_string() };
                                 DeviceSpec {
                                     socket: dir.join(format!("numa{n}-pf{pf}.sock")),
                                     vfs: (0..shape.vfs_per_pf)
@@ -455,7 +451,10 @@ mod tests {
         assert_eq!(devices[0]["uuid"].as_str(), Some("NODE1-NUMA0-PF"));
         assert!(devices[0].get("vf_index").is_none());
         assert_eq!(devices[1]["vf_index"].as_integer(), Some(0));
-        assert_eq!(devices[1]["socket"].as_str(), Some("/r/node1/numa0-vf0.sock"));
+        assert_eq!(
+            devices[1]["socket"].as_str(),
+            Some("/r/node1/numa0-vf0.sock")
+        );
     }
 
     #[test]

@@ -134,7 +134,15 @@ fn iso9660(volume_id: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
     pvd[140..144].copy_from_slice(&u32_le(PATH_TABLE_L_SECTOR));
     pvd[148..152].copy_from_slice(&u32_be(PATH_TABLE_M_SECTOR));
     pvd[156..190].copy_from_slice(&dir_record(&[0], ROOT_DIR_SECTOR, SECTOR, true));
-    for range in [190..318, 318..446, 446..574, 574..702, 702..739, 739..776, 776..813] {
+    for range in [
+        190..318,
+        318..446,
+        446..574,
+        574..702,
+        702..739,
+        739..776,
+        776..813,
+    ] {
         pvd[range].fill(b' ');
     }
     // Creation, modification, expiration, effective dates: fixed, so images are reproducible.
@@ -242,7 +250,10 @@ mod tests {
     fn seed_holds_user_data_and_meta_data_under_the_cidata_label() {
         let iso = nocloud_iso(&config());
         assert_eq!(iso.len() % SECTOR, 0);
-        assert_eq!(&iso[PVD_SECTOR * SECTOR + 1..PVD_SECTOR * SECTOR + 6], b"CD001");
+        assert_eq!(
+            &iso[PVD_SECTOR * SECTOR + 1..PVD_SECTOR * SECTOR + 6],
+            b"CD001"
+        );
         assert_eq!(
             &iso[PVD_SECTOR * SECTOR + 40..PVD_SECTOR * SECTOR + 46],
             b"cidata"

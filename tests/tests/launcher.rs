@@ -238,9 +238,7 @@ fn up_status_down_with_the_test_guest() -> anyhow::Result<()> {
     assert!(cluster
         .ok(&["logs", "--serial"])?
         .contains("MOCKTEST done=1"));
-    eprintln!(
-        "up: {up_time:?}; up to guest checks done: {boot_time:?}; down: {down_time:?}\n{up}"
-    );
+    eprintln!("up: {up_time:?}; up to guest checks done: {boot_time:?}; down: {down_time:?}\n{up}");
     Ok(())
 }
 

@@ -20,10 +20,7 @@ const TERM_GRACE: Duration = Duration::from_secs(5);
 pub async fn down(run_dir: &Path) -> anyhow::Result<()> {
     let progress = Progress::new();
     let Some(state) = State::load(run_dir)? else {
-        println!(
-            "no cluster state in {}; nothing to stop",
-            run_dir.display()
-        );
+        println!("no cluster state in {}; nothing to stop", run_dir.display());
         return Ok(());
     };
     teardown(&state, &progress).await;

@@ -163,6 +163,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // Device servers log to files: no colour codes there.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let run_dir = cli.run_dir.clone().unwrap_or_else(default_run_dir);
     // The device servers get worker threads like `device`; the launcher needs one.

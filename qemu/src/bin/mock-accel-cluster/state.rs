@@ -77,8 +77,7 @@ impl State {
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).context("serialize state")?;
         std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 }

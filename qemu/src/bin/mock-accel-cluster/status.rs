@@ -1,5 +1,6 @@
 //! `status` (a table of every device, live) and `logs`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +20,15 @@ pub async fn status(run_dir: &Path) -> anyhow::Result<()> {
         );
     };
     let mut rows = vec![[
-        "NODE", "NUMA", "DEVICE", "UUID", "STATUS", "QEMU-LINK", "SERVER", "QEMU", "SOCKET",
+        "NODE",
+        "NUMA",
+        "DEVICE",
+        "UUID",
+        "STATUS",
+        "QEMU-LINK",
+        "SERVER",
+        "QEMU",
+        "SOCKET",
     ]
     .map(str::to_owned)];
     for node in &state.nodes {
@@ -62,16 +71,25 @@ pub async fn status(run_dir: &Path) -> anyhow::Result<()> {
             ]);
         }
     }
-    print_table(&rows);
+    let mut out = std::io::stdout().lock();
+    quiet_pipe(print_table(&mut out, &rows))?;
     for node in &state.nodes {
         if let Some(port) = node.ssh_port {
-            println!("{}: ssh -p {port} 127.0.0.1", node.name);
+            quiet_pipe(writeln!(out, "{}: ssh -p {port} 127.0.0.1", node.name))?;
         }
     }
     Ok(())
 }
 
-fn print_table<const N: usize>(rows: &[[String; N]]) {
+/// A closed stdout (`status | head`) is not an error.
+fn quiet_pipe(result: std::io::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+fn print_table<const N: usize>(out: &mut impl Write, rows: &[[String; N]]) -> std::io::Result<()> {
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -84,8 +102,9 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
             .zip(widths)
             .map(|(cell, w)| format!("{cell:w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        writeln!(out, "{}", line.join("  ").trim_end())?;
     }
+    Ok(())
 }
 
 pub fn logs(run_dir: &Path, args: &LogsArgs) -> anyhow::Result<()> {
@@ -117,6 +136,7 @@ pub fn logs(run_dir: &Path, args: &LogsArgs) -> anyhow::Result<()> {
         kinds.push("serial.log");
     }
     let single = nodes.len() == 1 && kinds.len() == 1;
+    let mut out = std::io::stdout().lock();
     for node in &nodes {
         for kind in &kinds {
             let path = node.join(kind);
@@ -124,11 +144,11 @@ pub fn logs(run_dir: &Path, args: &LogsArgs) -> anyhow::Result<()> {
                 continue;
             };
             if !single {
-                println!("==> {} <==", path.display());
+                quiet_pipe(writeln!(out, "==> {} <==", path.display()))?;
             }
-            print!("{}", String::from_utf8_lossy(&bytes));
-            if !single && !bytes.ends_with(b"\n") && !bytes.is_empty() {
-                println!();
+            quiet_pipe(out.write_all(&bytes))?;
+            if !bytes.ends_with(b"\n") && !bytes.is_empty() {
+                quiet_pipe(writeln!(out))?;
             }
         }
     }

@@ -183,7 +183,9 @@ fn resolve_guest(args: &UpArgs, progress: &Progress) -> anyhow::Result<Guest> {
             script.display()
         );
     }
-    progress.say("finding the test guest (scripts/build-guest.sh; the first run builds a kernel, ~10 min)");
+    progress.say(
+        "finding the test guest (scripts/build-guest.sh; the first run builds a kernel, ~10 min)",
+    );
     let out = Command::new(&script)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -218,7 +220,9 @@ fn ssh_keys(given: Option<&Path>) -> anyhow::Result<Vec<String>> {
     let candidates: Vec<PathBuf> = match given {
         Some(path) => vec![path.to_path_buf()],
         None => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
             ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
                 .iter()
                 .map(|f| home.join(".ssh").join(f))
@@ -281,7 +285,10 @@ async fn start(
     progress.say("device servers listening");
 
     if let Guest::Image {
-        path, format, user, keys,
+        path,
+        format,
+        user,
+        keys,
     } = guest
     {
         for (node, node_state) in plan.nodes.iter().zip(&state.nodes) {
@@ -300,7 +307,10 @@ async fn start(
                 .with_context(|| format!("cannot write {}", node.seed().display()))?;
             if let Some(port) = node_state.ssh_port {
                 std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
-                    format!("SSH port 127.0.0.1:{port} for {} is taken; pick another --ssh-port-base", node.name())
+                    format!(
+                        "SSH port 127.0.0.1:{port} for {} is taken; pick another --ssh-port-base",
+                        node.name()
+                    )
                 })?;
             }
         }
@@ -312,11 +322,7 @@ async fn start(
         let _ = std::fs::remove_file(node.qmp_socket());
         let mut cmd = install.command();
         cmd.args(&qemu_args);
-        let proc = spawn_detached(
-            cmd,
-            &node.qemu_log(),
-            &node.qmp_socket().to_string_lossy(),
-        )?;
+        let proc = spawn_detached(cmd, &node.qemu_log(), &node.qmp_socket().to_string_lossy())?;
         progress.say(format!("{}: started QEMU (pid {})", node.name(), proc.pid));
         state.nodes[i].qemu = Some(proc);
         state.save()?;
@@ -403,7 +409,12 @@ fn node_state(
     })
 }
 
-fn launch_options(node: &NodePlan, guest: &Guest, args: &UpArgs, state: &NodeState) -> LaunchOptions {
+fn launch_options(
+    node: &NodePlan,
+    guest: &Guest,
+    args: &UpArgs,
+    state: &NodeState,
+) -> LaunchOptions {
     let even_cpus = node
         .topology
         .numa_nodes
@@ -456,7 +467,9 @@ fn create_overlay(
         .arg(overlay)
         .stdin(Stdio::null())
         .output()
-        .context("cannot run qemu-img (it ships with QEMU; scripts/provision-rootfs.sh provides both)")?;
+        .context(
+            "cannot run qemu-img (it ships with QEMU; scripts/provision-rootfs.sh provides both)",
+        )?;
     if !out.status.success() {
         bail!(
             "qemu-img create failed for {}: {}",
