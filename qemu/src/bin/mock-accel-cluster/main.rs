@@ -42,7 +42,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start the device servers and one QEMU per node
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Show every device: label, socket, live status register, server and QEMU state
     Status,
     /// Stop QEMU and the device servers; remove sockets, overlays and the state file
