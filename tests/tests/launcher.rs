@@ -260,6 +260,28 @@ fn run_dir_too_long_for_sun_path_is_a_one_line_error() -> anyhow::Result<()> {
 }
 
 #[test]
+fn unusable_qemu_is_a_one_line_error_naming_the_provisioning_script() -> anyhow::Result<()> {
+    let dir = TestDir::new("launch-qemu")?;
+    let run_dir = dir.join("run");
+    let out = Command::new(launcher()?)
+        .env("QEMU", "/bin/false")
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .args(["up", "--kernel", "/etc/hostname"])
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(
+        error[0].contains("scripts/provision-rootfs.sh") && error[0].contains("vfio-user-pci"),
+        "{stderr}"
+    );
+    assert!(!run_dir.exists(), "nothing started, nothing created");
+    Ok(())
+}
+
+#[test]
 fn missing_image_is_a_one_line_error() -> anyhow::Result<()> {
     let dir = TestDir::new("launch-img")?;
     let out = Command::new(launcher()?)
