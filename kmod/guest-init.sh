@@ -38,4 +38,9 @@ if rmmod mock_accel; then echo "MOCKTEST rmmod=ok"; else echo "MOCKTEST rmmod=fa
 dmesg | grep -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST-PROBLEM /'
 dmesg | grep -c -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST kernel_problems=/'
 echo "MOCKTEST done=1"
+if grep -q mocktest.hold=1 /proc/cmdline; then
+    # Launched by mock-accel-cluster: stay up (module reloaded) until the host stops QEMU.
+    insmod /lib/modules/mock_accel.ko && echo "MOCKTEST hold=1"
+    while :; do sleep 3600; done
+fi
 poweroff -f

@@ -66,6 +66,31 @@ pub struct LaunchOptions {
     pub pidfile: Option<PathBuf>,
     /// Exit instead of rebooting (a guest panic or `reboot` then ends QEMU).
     pub no_reboot: bool,
+    /// One CPU socket per NUMA node (`-smp N,sockets=M`). Needs the same CPU count on every
+    /// node; without it QEMU puts all cores in one package spread over the nodes, which makes
+    /// Linux guests WARN in `topology_sane()`.
+    pub socket_per_numa_node: bool,
+    /// Disks, in order (the first one is the boot disk when there is no direct boot).
+    pub drives: Vec<Drive>,
+    /// User-mode (slirp) networking on a virtio NIC.
+    pub user_net: Option<UserNet>,
+}
+
+/// A disk image attached as a virtio block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub path: PathBuf,
+    /// QEMU block format: `qcow2`, `raw`, ...
+    pub format: String,
+    pub read_only: bool,
+}
+
+/// User-mode networking: the guest reaches out through QEMU, the host reaches the guest's
+/// SSH server through a forwarded port on 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserNet {
+    /// Host port on 127.0.0.1 forwarded to the guest's port 22.
+    pub ssh_port: u16,
 }
 
 /// Options that cannot be expressed on a QEMU command line.
@@ -75,6 +100,10 @@ pub enum BuildError {
     Topology(#[from] TopologyError),
     #[error("initrd path {0:?} contains a comma, which QEMU reads as a separator")]
     CommaInInitrd(PathBuf),
+    #[error("one socket per NUMA node needs the same nonzero CPU count on every NUMA node")]
+    UnevenSockets,
+    #[error("drive format {0:?} must be a plain word such as qcow2 or raw")]
+    BadDriveFormat(String),
 }
 
 /// Arguments (without the program name) that start a q35 guest with `topology`.
@@ -106,7 +135,23 @@ pub fn build_qemu_args(
     // No display window; the guest talks through the serial port below.
     args.push("-nographic");
     // vCPUs: the sum over NUMA nodes; each node claims its range with `-numa ...,cpus=`.
-    args.push2("-smp", topology.total_cpus().to_string());
+    if options.socket_per_numa_node {
+        let first = topology.numa_nodes[0].cpus;
+        if first == 0 || topology.numa_nodes.iter().any(|n| n.cpus != first) {
+            return Err(BuildError::UnevenSockets);
+        }
+        // One package per NUMA node, as on real multi-socket hosts.
+        args.push2(
+            "-smp",
+            format!(
+                "{},sockets={}",
+                topology.total_cpus(),
+                topology.numa_nodes.len()
+            ),
+        );
+    } else {
+        args.push2("-smp", topology.total_cpus().to_string());
+    }
     // Guest RAM: the sum over NUMA nodes; each node's share comes from its own memory backend.
     args.push2("-m", format!("{}M", topology.total_memory_mib()));
 
@@ -210,6 +255,44 @@ pub fn build_qemu_args(
     if let Some(pidfile) = &options.pidfile {
         // QEMU's pid, for launchers that outlive the process that started it.
         args.push2("-pidfile", path_str(pidfile)?);
+    }
+
+    for (i, drive) in options.drives.iter().enumerate() {
+        if drive.format.is_empty()
+            || !drive
+                .format
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(BuildError::BadDriveFormat(drive.format.clone()));
+        }
+        // The disk's backend; read-only for seeds and shared images.
+        let mut value = format!(
+            "file={},format={},if=none,id=disk{i}",
+            opt_value(path_str(&drive.path)?),
+            drive.format
+        );
+        if drive.read_only {
+            value.push_str(",readonly=on");
+        }
+        args.push2("-drive", value);
+        // Its virtio disk, on pcie.0 by name: without bus= QEMU would pick the last
+        // pxb-pcie, which only takes bridges. The first disk boots.
+        let mut device = format!("virtio-blk-pci,drive=disk{i},bus=pcie.0");
+        if i == 0 {
+            device.push_str(",bootindex=0");
+        }
+        args.push2("-device", device);
+    }
+
+    if let Some(net) = &options.user_net {
+        // User-mode networking (no root, no bridges); SSH reachable on 127.0.0.1:PORT.
+        args.push2(
+            "-netdev",
+            format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22", net.ssh_port),
+        );
+        // On pcie.0 for the same reason as the disks.
+        args.push2("-device", "virtio-net-pci,netdev=net0,bus=pcie.0");
     }
 
     if options.no_reboot {
@@ -358,6 +441,8 @@ mod tests {
                         vfs: (0..vfs)
                             .map(|v| format!("/tmp/n{n}v{v}.sock").into())
                             .collect(),
+                        uuid: None,
+                        vf_uuids: vec![],
                     }],
                 })
                 .collect(),
@@ -389,6 +474,8 @@ mod tests {
         t.numa_nodes[1].devices.push(DeviceSpec {
             socket: "/tmp/extra.sock".into(),
             vfs: vec![],
+            uuid: None,
+            vf_uuids: vec![],
         });
         let args = build_qemu_args(&t, &LaunchOptions::default()).unwrap();
         let field = |a: &str, key: &str| {
@@ -522,6 +609,63 @@ mod tests {
                 TopologyError::SocketPathTooLong { .. }
             ))
         ));
+    }
+
+    #[test]
+    fn disks_and_nic_sit_on_the_root_bus_not_on_an_expander() {
+        let options = LaunchOptions {
+            drives: vec![
+                Drive {
+                    path: "/tmp/a,b.qcow2".into(),
+                    format: "qcow2".into(),
+                    read_only: false,
+                },
+                Drive {
+                    path: "/tmp/seed.iso".into(),
+                    format: "raw".into(),
+                    read_only: true,
+                },
+            ],
+            user_net: Some(UserNet { ssh_port: 2222 }),
+            ..LaunchOptions::default()
+        };
+        let args = build_qemu_args(&topo(2, 0), &options).unwrap();
+        assert!(args.contains(&"file=/tmp/a,,b.qcow2,format=qcow2,if=none,id=disk0".to_owned()));
+        assert!(
+            args.contains(&"file=/tmp/seed.iso,format=raw,if=none,id=disk1,readonly=on".to_owned())
+        );
+        assert!(args.contains(&"virtio-blk-pci,drive=disk0,bus=pcie.0,bootindex=0".to_owned()));
+        assert!(args.contains(&"virtio-blk-pci,drive=disk1,bus=pcie.0".to_owned()));
+        assert!(args.contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22".to_owned()));
+        assert!(args.contains(&"virtio-net-pci,netdev=net0,bus=pcie.0".to_owned()));
+        let bad = LaunchOptions {
+            drives: vec![Drive {
+                path: "/tmp/x".into(),
+                format: "qcow2,snapshot=on".into(),
+                read_only: false,
+            }],
+            ..LaunchOptions::default()
+        };
+        assert!(matches!(
+            build_qemu_args(&topo(1, 0), &bad),
+            Err(BuildError::BadDriveFormat(_))
+        ));
+    }
+
+    #[test]
+    fn one_socket_per_numa_node_needs_even_cpus() {
+        let options = LaunchOptions {
+            socket_per_numa_node: true,
+            ..LaunchOptions::default()
+        };
+        let args = build_qemu_args(&topo(2, 0), &options).unwrap();
+        assert!(args.contains(&"2,sockets=2".to_owned()));
+        let mut t = topo(2, 0);
+        t.numa_nodes[1].cpus = 2;
+        assert_eq!(
+            build_qemu_args(&t, &options),
+            Err(BuildError::UnevenSockets)
+        );
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //!   `vfio-user-pci` (`QEMU=`, `PATH`, or the rootfs from `scripts/provision-rootfs.sh`).
 //! - [`process`]: [`QemuProcess`] runs it with logs, killed on drop.
 //! - [`qmp`]: [`Qmp`], a minimal async QMP client (`query-pci`, HMP `xp`, `quit`).
+//! - [`plan`]: a test cluster's guests, device labels and run-directory files (pure).
+//! - [`seed`]: cloud-init NoCloud seed images (ISO 9660, pure Rust).
+//!
+//! The `mock-accel-cluster` binary (`cargo run -p qemu -- up|status|down|logs`) builds on all of
+//! these: it starts device servers and one QEMU per node, and keeps their state in a run
+//! directory (see `docs/launcher.md`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,18 +42,19 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not here: starting device servers, run directories and `up`/`status`/`down` (the launcher
-//! grows on top of this API).
+//! Not here: starting device servers and keeping run state; that is the binary's job.
 
 pub mod command;
 pub mod locate;
+pub mod plan;
 pub mod process;
 pub mod qmp;
+pub mod seed;
 pub mod topology;
 
 pub use command::{
-    build_qemu_args, pci_functions, Accel, BuildError, DirectBoot, LaunchOptions, PciFunction,
-    Serial,
+    build_qemu_args, pci_functions, Accel, BuildError, DirectBoot, Drive, LaunchOptions,
+    PciFunction, Serial, UserNet,
 };
 pub use locate::{LocateError, QemuInstall, QemuSource, QemuVersion, MIN_VERSION};
 pub use process::{QemuProcess, RunError};

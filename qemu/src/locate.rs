@@ -216,6 +216,20 @@ impl QemuInstall {
         cmd
     }
 
+    /// A command that runs another program installed next to this QEMU (e.g. `qemu-img`),
+    /// through the same dynamic loader and libraries for a rootfs install.
+    pub fn companion(&self, program: &str) -> std::process::Command {
+        let binary = self.binary.with_file_name(program);
+        match &self.loader {
+            Some((loader, libs)) => {
+                let mut cmd = std::process::Command::new(loader);
+                cmd.arg("--library-path").arg(libs).arg(binary);
+                cmd
+            }
+            None => std::process::Command::new(binary),
+        }
+    }
+
     /// One line for logs: version and where it came from.
     pub fn describe(&self) -> String {
         match &self.source {

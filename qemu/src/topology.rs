@@ -110,6 +110,13 @@ pub struct DeviceSpec {
     /// vfio-user sockets of the VFs (functions 1.. of the PF's slot; DESIGN.md §5).
     #[serde(default)]
     pub vfs: Vec<PathBuf>,
+    /// UUID or label (at most 16 printable ASCII bytes) the PF reports; launchers that start
+    /// the device servers fall back to a pattern such as `NODE1-NUMA0-PF` without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// UUIDs or labels of the VFs, in `vfs` order (may be shorter than `vfs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vf_uuids: Vec<String>,
 }
 
 /// Several guests ("nodes" of a test cluster), each with its own topology.
@@ -315,6 +322,8 @@ mod tests {
         DeviceSpec {
             socket: socket.into(),
             vfs: vec![],
+            uuid: None,
+            vf_uuids: vec![],
         }
     }
 

@@ -48,11 +48,16 @@ fn render(cluster: &Cluster) -> String {
 fn check(case: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let input = dir.join(format!("{case}.toml"));
-    let expected_path = dir.join(format!("{case}.txt"));
     let cluster = Cluster::load(&input).unwrap_or_else(|e| panic!("{case}: {e}"));
-    let actual = render(&cluster);
+    compare(case, &render(&cluster));
+}
+
+/// Compare `actual` with `tests/golden/CASE.txt` (or write it with `UPDATE_GOLDEN=1`).
+fn compare(case: &str, actual: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let expected_path = dir.join(format!("{case}.txt"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&expected_path, &actual).expect("write golden file");
+        std::fs::write(&expected_path, actual).expect("write golden file");
         return;
     }
     let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
@@ -119,6 +124,67 @@ fn two_nodes_two_numa_with_vfs_is_the_seeds_default_cluster() {
 }
 
 #[test]
+fn two_nodes_one_numa_with_vfs() {
+    check("2node-1numa-vfs");
+}
+
+#[test]
+fn two_nodes_two_numa_without_vfs() {
+    check("2node-2numa");
+}
+
+#[test]
+fn two_nodes_four_numa_without_vfs() {
+    check("2node-4numa");
+}
+
+#[test]
+fn two_nodes_four_numa_with_vfs() {
+    check("2node-4numa-vfs");
+}
+
+/// What `mock-accel-cluster up --image disk.qcow2` runs for the default cluster: the plan's
+/// sockets under the run directory, one socket per NUMA node, overlay + NoCloud seed drives and
+/// user networking with an SSH port per node.
+#[test]
+fn launcher_default_cluster_with_a_disk_image() {
+    use qemu::plan::{ClusterShape, Plan};
+    use qemu::{Drive, UserNet};
+    let plan = Plan::from_shape(&ClusterShape::default(), Path::new("/run/mock-accel"))
+        .expect("default plan");
+    let mut out = String::new();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        out.push_str(&format!("# node {}\n", node.name()));
+        let options = LaunchOptions {
+            serial: Serial::File(node.serial_log()),
+            qmp_socket: Some(node.qmp_socket()),
+            socket_per_numa_node: true,
+            drives: vec![
+                Drive {
+                    path: node.overlay(),
+                    format: "qcow2".into(),
+                    read_only: false,
+                },
+                Drive {
+                    path: node.seed(),
+                    format: "raw".into(),
+                    read_only: true,
+                },
+            ],
+            user_net: Some(UserNet {
+                ssh_port: 2222 + i as u16,
+            }),
+            ..LaunchOptions::default()
+        };
+        for arg in build_qemu_args(&node.topology, &options).expect("args") {
+            out.push_str(&arg);
+            out.push('\n');
+        }
+    }
+    compare("launcher-image", &out);
+}
+
+#[test]
 fn every_golden_input_has_a_test() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut cases: Vec<String> = std::fs::read_dir(&dir)
@@ -142,7 +208,11 @@ fn every_golden_input_has_a_test() {
             "1node-4numa",
             "1node-4numa-vfs",
             "2node-1numa",
-            "2node-2numa-vfs"
+            "2node-1numa-vfs",
+            "2node-2numa",
+            "2node-2numa-vfs",
+            "2node-4numa",
+            "2node-4numa-vfs"
         ]
     );
 }

@@ -131,6 +131,8 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
             devices: vec![DeviceSpec {
                 socket: pf_sock,
                 vfs,
+                uuid: None,
+                vf_uuids: vec![],
             }],
         });
     }
