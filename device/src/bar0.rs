@@ -180,6 +180,8 @@ pub struct Bar0Config {
     pub capabilities: u32,
     /// `Some(index)` for a virtual function.
     pub vf_index: Option<u8>,
+    /// DEVICE_ID register: [`DEVICE_ID_MOCK`] except when testing a driver's refusal path.
+    pub device_id: u32,
 }
 
 /// The register file's state.
@@ -220,7 +222,7 @@ impl Bar0 {
         let uuid = self.config.identity.register_bytes();
         let word = |i: usize| u32::from_le_bytes([uuid[i], uuid[i + 1], uuid[i + 2], uuid[i + 3]]);
         match offset {
-            reg::DEVICE_ID => DEVICE_ID_MOCK,
+            reg::DEVICE_ID => self.config.device_id,
             reg::REVISION => REVISION,
             0x08 | 0x0c | 0x10 | 0x14 => word((offset - reg::UUID) as usize),
             reg::ID_FORMAT => self.config.identity.format_register(),
@@ -302,6 +304,7 @@ mod tests {
             memory_size: DEFAULT_MEMORY_SIZE,
             capabilities: DEFAULT_CAPABILITIES,
             vf_index: None,
+            device_id: DEVICE_ID_MOCK,
         })
     }
 
@@ -433,6 +436,19 @@ mod tests {
         cfg.vf_index = Some(1);
         assert_eq!(read_u32(&Bar0::new(cfg), reg::FUNCTION), 1 | (1 << 8));
         assert_eq!(read_u32(&bar("X"), reg::FUNCTION), 0);
+    }
+
+    #[test]
+    fn device_id_register_follows_config_and_stays_read_only() {
+        let mut cfg = bar("X").config().clone();
+        cfg.device_id = 0x4241_4421;
+        let mut b = Bar0::new(cfg);
+        assert_eq!(read_u32(&b, reg::DEVICE_ID), 0x4241_4421);
+        assert_eq!(
+            b.write(reg::DEVICE_ID, &DEVICE_ID_MOCK.to_le_bytes()),
+            Ok(None)
+        );
+        assert_eq!(read_u32(&b, reg::DEVICE_ID), 0x4241_4421);
     }
 
     #[test]

@@ -197,6 +197,7 @@ mod tests {
             memory_size: 1 << 30,
             capabilities: 3,
             vf_index: None,
+            device_id: crate::bar0::DEVICE_ID_MOCK,
         })
         .handle()
     }

@@ -21,6 +21,7 @@ fn device() -> MockAccel {
         memory_size: 16 << 30,
         capabilities: 1,
         vf_index: None,
+        device_id: crate::bar0::DEVICE_ID_MOCK,
     })
 }
 
@@ -107,22 +108,11 @@ pub fn cli_inputs(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
-    fn replay(target: &str, f: fn(&[u8])) -> usize {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target);
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("corpus {} missing: {e}", dir.display()));
-        let mut n = 0;
-        for e in entries {
-            let data = std::fs::read(e.expect("dir entry").path()).expect("read seed");
-            f(&data);
-            n += 1;
-        }
-        n
-    }
+    include!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/corpus_replay.rs"
+    ));
 
     #[test]
     fn device_mmio_corpus_replays_without_panic() {

@@ -24,6 +24,7 @@
 //!     memory_size: 16 << 30,
 //!     capabilities: 1,
 //!     vf_index: None,
+//!     device_id: device::bar0::DEVICE_ID_MOCK,
 //! });
 //! let host = device.handle();
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -38,6 +38,10 @@ struct Cli {
     /// Serve a virtual function (device ID 0x0002) with this VF index
     #[arg(long, value_name = "INDEX")]
     vf: Option<u8>,
+    /// Test hook: DEVICE_ID register value instead of "MOCK" (0x4d4f434b), to check that
+    /// drivers refuse a foreign device
+    #[arg(long, value_parser = parse_u32, hide = true)]
+    device_id_register: Option<u32>,
     /// Serve every device of a TOML device list instead ([[device]] uuid, socket, ...)
     #[arg(long, conflicts_with_all = ["uuid", "socket"])]
     topology: Option<PathBuf>,
@@ -63,14 +67,18 @@ fn specs(cli: &Cli) -> anyhow::Result<Vec<DeviceSpec>> {
     let (Some(uuid), Some(socket)) = (&cli.uuid, &cli.socket) else {
         anyhow::bail!("give -u UUID_OR_LABEL SOCKET, or --topology FILE");
     };
-    Ok(vec![DeviceSpec::new(
+    let mut spec = DeviceSpec::new(
         0,
         uuid,
         socket.clone(),
         &cli.memory_size,
         cli.capabilities,
         cli.vf,
-    )?])
+    )?;
+    if let Some(id) = cli.device_id_register {
+        spec.registers.device_id = id;
+    }
+    Ok(vec![spec])
 }
 
 #[tokio::main]

@@ -304,6 +304,7 @@ mod tests {
             memory_size: DEFAULT_MEMORY_SIZE,
             capabilities: DEFAULT_CAPABILITIES,
             vf_index: None,
+            device_id: crate::bar0::DEVICE_ID_MOCK,
         })
     }
 

@@ -110,6 +110,7 @@ impl DeviceSpec {
                 memory_size,
                 capabilities,
                 vf_index,
+                device_id: crate::bar0::DEVICE_ID_MOCK,
             },
         })
     }

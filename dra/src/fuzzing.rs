@@ -89,22 +89,11 @@ pub fn checkpoint(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
-    fn replay(target: &str, f: fn(&[u8])) -> usize {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target);
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("corpus {} missing: {e}", dir.display()));
-        let mut n = 0;
-        for e in entries {
-            let data = std::fs::read(e.expect("dir entry").path()).expect("read seed");
-            f(&data);
-            n += 1;
-        }
-        n
-    }
+    include!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/corpus_replay.rs"
+    ));
 
     #[test]
     fn dra_relay_corpus_replays_without_panic() {

@@ -70,23 +70,11 @@ pub fn server_dispatch(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
-    fn replay(target: &str, f: fn(&[u8])) -> usize {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target);
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("corpus {} missing: {e}", dir.display()));
-        let mut n = 0;
-        for e in entries {
-            let path = e.expect("dir entry").path();
-            let data = std::fs::read(&path).expect("read seed");
-            f(&data);
-            n += 1;
-        }
-        n
-    }
+    include!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/corpus_replay.rs"
+    ));
 
     #[test]
     fn wire_parse_corpus_replays_without_panic() {
