@@ -14,14 +14,22 @@
 //!
 //! Exposed: class `mock-accel` with devices `mockN` (PFs) and `mockN_vfM` (VFs, function M+1
 //! of PF N's slot) carrying `uuid`, `memory_size`, `capabilities`, `status` (RW), `numa_node`,
-//! `physfn` (VFs: the PF's class device name) and the `device` link to the PCI function.
-//! Not implemented yet (see docs/guest-driver.md): `/dev/mockN`, firmware word list,
-//! `sriov_numvfs` gating.
+//! the `device` link to the PCI function, `sriov_numvfs` (RW) / `sriov_totalvfs` on PFs and
+//! `physfn` on VFs; `/dev/mockN` and `/dev/mockN_vfM` (read: info text; ioctls: status,
+//! passphrase, see `devnode`). VFs appear only while their PF's `sriov_numvfs` enables them
+//! (`registry`). Passphrase words come from firmware `mock-accel-wordlist.txt` (`wordlist`);
+//! without it the driver still binds and the passphrase ioctl fails with `ENODATA`.
+//!
+//! Modules: `sys` holds all unsafe code (bindings without safe abstractions), `registry` the
+//! global table of bound functions, `devnode` the misc devices, `wordlist` the firmware.
 
 use core::fmt::Write;
-use kernel::{device::Core, io::Io, pci, prelude::*};
+use kernel::{device, device::Core, io::Io, pci, prelude::*};
 
+mod devnode;
+mod registry;
 mod sys;
+mod wordlist;
 
 /// PCI vendor ID of the mock-accel device (no `pci::Vendor` constant exists for it, so the
 /// ID table matches the processing-accelerator class and probe checks vendor/device).
@@ -116,46 +124,113 @@ impl Identity {
     }
 }
 
-/// Per-function state shared with the sysfs callbacks (heap-allocated so its address is
-/// stable; the class device that points at it is removed before it is freed).
+/// Per-function state shared with the sysfs callbacks and `/dev` files (heap-allocated so its
+/// address is stable; the registry removes every user before it is freed).
 pub(crate) struct Inner<'bound> {
+    pdev: &'bound pci::Device,
     bar: Bar0<'bound>,
     id: Identity,
     numa_node: i32,
+    /// Slot key shared with the PF's VFs.
+    key: u32,
     /// Class device name of the PF (for VFs: `physfn`).
     pf_name: [u8; 16],
     pf_name_len: usize,
+    words: Option<wordlist::WordList>,
 }
 
 impl Inner<'_> {
+    /// The PCI function (parent of the class device).
+    pub(crate) fn parent(&self) -> &device::Device {
+        self.pdev.as_ref()
+    }
+
+    fn physfn(&self) -> Option<&str> {
+        self.id
+            .is_vf
+            .then(|| core::str::from_utf8(&self.pf_name[..self.pf_name_len]).unwrap_or("?"))
+    }
+
+    /// The STATUS register.
+    pub(crate) fn status(&self) -> u32 {
+        self.bar.read32(regs::STATUS)
+    }
+
     /// Formats attribute `name` into `out`; `None` for an unknown attribute.
     pub(crate) fn show(&self, name: &str, out: &mut sys::PageWriter<'_>) -> Option<()> {
         match name {
             "uuid" => writeln!(out, "{}", self.id.uuid_str()).ok(),
             "memory_size" => writeln!(out, "{}", self.id.memory_size).ok(),
             "capabilities" => writeln!(out, "0x{:08x}", self.id.capabilities).ok(),
-            "status" => writeln!(out, "{}", self.bar.read32(regs::STATUS)).ok(),
+            "status" => writeln!(out, "{}", self.status()).ok(),
             "numa_node" => writeln!(out, "{}", self.numa_node).ok(),
-            "physfn" => writeln!(
-                out,
-                "{}",
-                core::str::from_utf8(&self.pf_name[..self.pf_name_len]).unwrap_or("?")
-            )
-            .ok(),
+            "physfn" => writeln!(out, "{}", self.physfn()?).ok(),
+            "sriov_numvfs" => writeln!(out, "{}", registry::numvfs(self.key)).ok(),
+            "sriov_totalvfs" => writeln!(out, "{}", registry::totalvfs(self.key)).ok(),
             _ => None,
         }
     }
 
-    /// Stores `input` into attribute `name`: only `status` accepts `0` or `1`.
+    /// Stores `input` into attribute `name`: `status` accepts `0` or `1`, `sriov_numvfs` a
+    /// decimal count; anything else is `-EINVAL`.
     pub(crate) fn store(&self, name: &str, input: &[u8]) -> Result {
-        let v = match (name, trim_newline(input)) {
-            ("status", b"0") => 0,
-            ("status", b"1") => 1,
+        match (name, trim_newline(input)) {
+            ("status", b"0") => self.bar.write32(0, regs::STATUS),
+            ("status", b"1") => self.bar.write32(1, regs::STATUS),
+            ("sriov_numvfs", n) if !self.id.is_vf => {
+                registry::set_numvfs(self.key, parse_small_decimal(n).ok_or(EINVAL)?)?
+            }
             _ => return Err(EINVAL),
-        };
-        self.bar.write32(v, regs::STATUS);
+        }
         Ok(())
     }
+
+    /// `words` words joined by `-` into `out`; returns the length.
+    pub(crate) fn passphrase(&self, words: u32, out: &mut [u8]) -> Result<usize> {
+        if !(devnode::MIN_WORDS..=devnode::MAX_WORDS).contains(&words) {
+            return Err(EINVAL);
+        }
+        let list = self.words.as_ref().ok_or(ENODATA)?;
+        let mut len = 0;
+        for i in 0..words {
+            let word = list.word(wordlist::pick(|| self.bar.read32(regs::ENTROPY))?);
+            let sep = usize::from(i > 0);
+            let dst = out.get_mut(len..len + sep + word.len()).ok_or(EOVERFLOW)?;
+            if sep == 1 {
+                dst[0] = b'-';
+            }
+            dst[sep..].copy_from_slice(word);
+            len += sep + word.len();
+        }
+        Ok(len)
+    }
+
+    /// The `/dev` read text (with a fresh 6-word sample passphrase).
+    pub(crate) fn info(&self, w: &mut sys::PageWriter<'_>) -> Result {
+        let mut sample = [0u8; devnode::PASSPHRASE_TEXT_LEN];
+        let sample_len = self.passphrase(6, &mut sample).ok();
+        let sample = sample_len.and_then(|n| core::str::from_utf8(&sample[..n]).ok());
+        devnode::write_info(
+            w,
+            self.id.uuid_str(),
+            self.id.memory_size,
+            self.status(),
+            self.numa_node,
+            self.physfn(),
+            self.words.as_ref().map(|_| wordlist::WORDS),
+            sample,
+        );
+        Ok(())
+    }
+}
+
+/// `0`..=`255` in decimal (no sign, no spaces).
+fn parse_small_decimal(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || b.len() > 3 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = b.iter().fold(0u32, |v, d| v * 10 + u32::from(d - b'0'));
+    (v <= 255).then_some(v)
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {
@@ -166,10 +241,11 @@ fn trim_newline(b: &[u8]) -> &[u8] {
 }
 
 struct MockAccel<'bound> {
-    pdev: &'bound pci::Device,
     inner: KBox<Inner<'bound>>,
-    class_dev: sys::ClassDevice,
-    slot: usize,
+    /// Registry id (class device, `/dev` node, VF visibility).
+    reg_id: u64,
+    /// PF number slot (`mockN`); VFs have none.
+    slot: Option<usize>,
 }
 
 struct MockAccelDriver;
@@ -210,24 +286,41 @@ impl pci::Driver for MockAccelDriver {
         let id = Identity::read(&bar);
         let numa_node = sys::numa_node(pdev.as_ref());
         let key = sys::slot_key(pdev.as_ref());
-        let mut name = [0u8; 16];
         let mut pf_name = [0u8; 16];
-        let (slot, name_len, pf_name_len);
+        let (slot, number, pf_name_len);
         if id.is_vf {
             // Emulated SR-IOV (DESIGN.md §5): the PF is function 0 of this slot.
             let pf = sys::pf_index(key).ok_or(EPROBE_DEFER)?;
-            slot = sys::alloc_slot(0).ok_or(EBUSY)?;
+            slot = None;
+            number = id.vf_index as usize;
             pf_name_len = fmt_into(&mut pf_name, format_args!("mock{pf}"));
-            name_len = fmt_into(&mut name, format_args!("mock{pf}_vf{}", id.vf_index));
         } else {
-            slot = sys::alloc_slot(key).ok_or(EBUSY)?;
-            name_len = fmt_into(&mut name, format_args!("mock{slot}"));
+            let s = sys::alloc_slot(key).ok_or(EBUSY)?;
+            slot = Some(s);
+            number = s;
             pf_name_len = 0;
         }
+        let free = |_: &Error| {
+            if let Some(s) = slot {
+                sys::free_slot(s)
+            }
+        };
+        let words = match wordlist::WordList::load(pdev.as_ref()) {
+            Ok(list) => Some(list),
+            Err(why) => {
+                dev_warn!(
+                    pdev,
+                    "mock-accel: no word list ({}: {:?}): passphrase ioctl returns ENODATA\n",
+                    wordlist::FIRMWARE.to_str().unwrap_or("?"),
+                    why
+                );
+                None
+            }
+        };
         let entropy_varies = bar.read32(regs::ENTROPY) != bar.read32(regs::ENTROPY);
         dev_info!(
             pdev,
-            "mock-accel: bound {} uuid={} memory_size={} capabilities={:#010x} status={} revision={:#010x} vf_index={} entropy_ok={}\n",
+            "mock-accel: bound {} uuid={} memory_size={} capabilities={:#010x} status={} revision={:#010x} vf_index={} entropy_ok={} words={}\n",
             if id.is_vf { "vf" } else { "pf" },
             id.uuid_str(),
             id.memory_size,
@@ -235,25 +328,29 @@ impl pci::Driver for MockAccelDriver {
             bar.read32(regs::STATUS),
             bar.read32(regs::REVISION),
             if id.is_vf { id.vf_index as i64 } else { -1 },
-            entropy_varies
+            entropy_varies,
+            if words.is_some() { wordlist::WORDS } else { 0 }
         );
+        let is_vf = id.is_vf;
         let inner = KBox::new(
-            Inner { bar, id, numa_node, pf_name, pf_name_len },
+            Inner { pdev, bar, id, numa_node, key, pf_name, pf_name_len, words },
             GFP_KERNEL,
         )
-        .inspect_err(|_| sys::free_slot(slot))?;
-        let class_dev = sys::ClassDevice::create(pdev.as_ref(), &inner, &name[..name_len], inner.id.is_vf)
-            .inspect_err(|_| sys::free_slot(slot))?;
-        Ok(MockAccel { pdev, inner, class_dev, slot })
+        .inspect_err(free)?;
+        let reg_id = registry::register(&inner, key, number, is_vf).inspect_err(free)?;
+        Ok(MockAccel { inner, reg_id, slot })
     }
 }
 
 impl Drop for MockAccel<'_> {
     fn drop(&mut self) {
-        // Remove the class device (and wait for running sysfs callbacks) before `inner` goes.
-        self.class_dev.destroy();
-        sys::free_slot(self.slot);
-        dev_info!(self.pdev, "mock-accel: unbound {}\n", self.inner.id.uuid_str());
+        // Remove the class device and `/dev` node (waiting for running callbacks) and make
+        // open files fail with ENODEV, before `inner` goes.
+        registry::unregister(self.reg_id);
+        if let Some(s) = self.slot {
+            sys::free_slot(s);
+        }
+        dev_info!(self.inner.pdev, "mock-accel: unbound {}\n", self.inner.id.uuid_str());
     }
 }
 
@@ -276,6 +373,7 @@ struct MockAccelModule {
 
 impl kernel::InPlaceModule for MockAccelModule {
     fn init(module: &'static kernel::ThisModule) -> impl PinInit<Self, Error> {
+        registry::init();
         try_pin_init!(Self {
             _class: sys::Class::create()?,
             _driver <- kernel::driver::Registration::new(c"mock_accel", module),

@@ -2,18 +2,52 @@
 
 //! The driver's only unsafe code: the C interfaces kernel 7.3's Rust crate has no safe
 //! abstraction for (device classes, class devices with sysfs attributes, `dev->numa_node`,
-//! the PCI bus/devfn of a function), called through `kernel::bindings`, plus the lock-free
-//! table of device slots.
+//! the PCI bus/devfn of a function), called through `kernel::bindings`; the registry's
+//! pointer to each function's [`Inner`]; the `/dev` node lookup in `open`; plus the
+//! lock-free table of PF numbers.
 //!
-//! Invariants: a [`ClassDevice`] holds a pointer to its [`Inner`] as driver data; the owner
-//! calls [`ClassDevice::destroy`] (which waits for running sysfs callbacks) before dropping
-//! the `Inner`. The class outlives every class device because the module drops the PCI driver
-//! registration (unbinding all devices) before the [`Class`].
+//! Invariants: a [`ClassDevice`] holds a pointer to its [`Inner`] as driver data, and the
+//! registry an [`InnerRef`]; the owner (`MockAccel`) unregisters from the registry (which
+//! destroys the class device, waiting for running sysfs callbacks, and stops `/dev` files
+//! from reaching the `Inner`) before dropping the `Inner`. The class outlives every class
+//! device because the module drops the PCI driver registration (unbinding all devices)
+//! before the [`Class`].
 
-use crate::Inner;
-use kernel::ffi::c_char;
+use crate::{devnode::DevFile, devnode::DevNode, Inner};
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use kernel::ffi::c_char;
+use kernel::miscdevice::MiscDeviceRegistration;
 use kernel::{bindings, device, prelude::*};
+
+/// The registry's pointer to a bound function's [`Inner`].
+pub(crate) struct InnerRef(*const Inner<'static>);
+
+// SAFETY: `Inner` is only read through shared references (its BAR accessors are `&self`
+// MMIO); the pointer moves between threads only inside the registry mutex.
+unsafe impl Send for InnerRef {}
+
+impl InnerRef {
+    pub(crate) fn new(inner: &Inner<'_>) -> Self {
+        // A lifetime-erasing pointer cast; it is only dereferenced in `get`.
+        Self(inner as *const Inner<'_> as *const Inner<'static>)
+    }
+
+    /// The `Inner`, valid while the entry holding this is in the registry.
+    pub(crate) fn get(&self) -> &Inner<'_> {
+        // SAFETY: the owner removes the registry entry (under the registry lock, which every
+        // caller holds while using the returned reference) before freeing the `Inner`.
+        unsafe { &*self.0 }
+    }
+}
+
+/// Registry id of the `/dev` node `misc` belongs to.
+pub(crate) fn devnode_id(misc: &MiscDeviceRegistration<DevFile>) -> u64 {
+    let field = misc as *const MiscDeviceRegistration<DevFile> as *mut MiscDeviceRegistration<DevFile>;
+    // SAFETY: every `MiscDeviceRegistration<DevFile>` is the `reg` field of a pinned
+    // `DevNode` (only `DevNode::register` creates one), alive while its node can be opened;
+    // `id` is written before `reg` registers and never changes.
+    unsafe { (*kernel::container_of!(field, DevNode, reg)).id }
+}
 
 /// Maximum number of mock-accel functions (PFs + VFs) in one guest.
 pub(crate) const MAX_DEVICES: usize = 64;
@@ -21,18 +55,8 @@ pub(crate) const MAX_DEVICES: usize = 64;
 /// The registered `mock-accel` class (null before init / after exit).
 static CLASS: AtomicPtr<bindings::class> = AtomicPtr::new(core::ptr::null_mut());
 
-/// Device slots: 0 = free, else PF slot key (PFs) or u32::MAX (VFs). PFs and VFs use separate
-/// tables so PF numbers (`mockN`) count PFs only.
+/// PF numbers (`mockN`): 0 = free, else the PF's slot key.
 static SLOTS: [AtomicU32; MAX_DEVICES] = [const { AtomicU32::new(0) }; MAX_DEVICES];
-static VF_SLOTS: [AtomicU32; MAX_DEVICES] = [const { AtomicU32::new(0) }; MAX_DEVICES];
-
-fn table(slot: usize) -> (&'static [AtomicU32; MAX_DEVICES], usize) {
-    if slot >= MAX_DEVICES {
-        (&VF_SLOTS, slot - MAX_DEVICES)
-    } else {
-        (&SLOTS, slot)
-    }
-}
 
 /// `IS_ERR_OR_NULL()` for pointers returned by the kernel.
 fn is_err<T>(p: *mut T) -> bool {
@@ -79,23 +103,16 @@ pub(crate) fn slot_key<C: device::DeviceContext>(dev: &device::Device<C>) -> u32
     ((bus << 8) | (devfn & !7)) + 1
 }
 
-/// Allocates a device slot. `key` != 0 registers a PF for [`pf_index`]; 0 marks a VF.
-/// VF slots are returned offset by [`MAX_DEVICES`].
+/// Allocates a PF number for the PF at slot `key` (never 0).
 pub(crate) fn alloc_slot(key: u32) -> Option<usize> {
-    let (t, v, off) = if key == 0 {
-        (&VF_SLOTS, u32::MAX, MAX_DEVICES)
-    } else {
-        (&SLOTS, key, 0)
-    };
-    t.iter()
-        .position(|s| s.compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire).is_ok())
-        .map(|i| i + off)
+    SLOTS
+        .iter()
+        .position(|s| s.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire).is_ok())
 }
 
-/// Frees a slot from [`alloc_slot`].
+/// Frees a PF number from [`alloc_slot`].
 pub(crate) fn free_slot(slot: usize) {
-    let (t, i) = table(slot);
-    if let Some(s) = t.get(i) {
+    if let Some(s) = SLOTS.get(slot) {
         s.store(0, Ordering::Release);
     }
 }
@@ -157,15 +174,27 @@ const fn attr(name: &'static CStr, writable: bool) -> Attr {
     Attr(a)
 }
 
-/// uuid, memory_size, capabilities, status (RW), numa_node; then physfn (VFs only).
-static ATTRS: [Attr; 6] = [
+/// uuid, memory_size, capabilities, status (RW), numa_node (all); physfn (VFs);
+/// sriov_numvfs (RW), sriov_totalvfs (PFs).
+static ATTRS: [Attr; 8] = [
     attr(c"uuid", false),
     attr(c"memory_size", false),
     attr(c"capabilities", false),
     attr(c"status", true),
     attr(c"numa_node", false),
     attr(c"physfn", false),
+    attr(c"sriov_numvfs", true),
+    attr(c"sriov_totalvfs", false),
 ];
+
+/// Whether `ATTRS[i]` belongs on a VF (`vf`) or PF class device.
+fn attr_wanted(i: usize, vf: bool) -> bool {
+    match i {
+        0..=4 => true,
+        5 => vf,
+        _ => !vf,
+    }
+}
 
 /// Name of the attribute `attr` points at.
 ///
@@ -241,16 +270,13 @@ impl ClassDevice {
     pub(crate) fn create<C: device::DeviceContext>(
         parent: &device::Device<C>,
         inner: &Inner<'_>,
-        name: &[u8],
+        name: &CStr,
         vf: bool,
     ) -> Result<Self> {
         let cls = CLASS.load(Ordering::Acquire);
         if cls.is_null() {
             return Err(ENODEV);
         }
-        let mut cname = [0u8; 24];
-        let n = name.len().min(cname.len() - 1);
-        cname[..n].copy_from_slice(&name[..n]);
         let parent = parent as *const device::Device<C> as *mut bindings::device;
         // SAFETY: `cls` is our live class; `parent` is a live, bound PCI device; the format
         // is "%s" with a NUL-terminated argument; `inner` outlives the device (invariants).
@@ -261,15 +287,14 @@ impl ClassDevice {
                 0,
                 inner as *const Inner<'_> as *mut core::ffi::c_void,
                 c"%s".as_ptr().cast(),
-                cname.as_ptr(),
+                name.as_ptr(),
             )
         };
         if is_err(dev) {
             return Err(ENOMEM);
         }
         let mut this = ClassDevice(dev);
-        let count = if vf { 6 } else { 5 };
-        for a in &ATTRS[..count] {
+        for (_, a) in ATTRS.iter().enumerate().filter(|(i, _)| attr_wanted(*i, vf)) {
             // SAFETY: `dev` is live; `a` is a static attribute.
             let rc = unsafe { bindings::device_create_file(dev, &a.0) };
             if rc != 0 {

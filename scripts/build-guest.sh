@@ -6,7 +6,8 @@
 #   module   kmod/ (mock_accel.ko; ~2 s, rebuilt when kmod/ changes)
 #   firmware mock-accel-wordlist.txt: 7776 words from Debian's wamerican (generated, never
 #            committed)
-#   initramfs busybox-static + module + firmware + kmod/guest-init.sh
+#   tool     mock-accel-ioctl (uapi/), linked statically for the busybox initramfs
+#   initramfs busybox-static + module + firmware + tool + kmod/guest-init.sh
 # Prints `KEY=PATH` lines for the artifacts on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +61,9 @@ fi
 echo "KERNEL=$kdir/src/arch/x86/boot/bzImage"
 echo "KDIR=$kdir/src"
 # ---- module ---------------------------------------------------------------------------
-# Module + firmware + initramfs: keyed by the kernel key and every file under kmod/.
-mod_key=$( { echo "$kernel_key"; find kmod -type f ! -name '*.o' ! -name '*.ko' ! -name '.*' | LC_ALL=C sort | xargs cat; sed -n '/^# ---- module/,$p' "$0"; } | sha256sum | cut -c1-16)
+# Module + firmware + tool + initramfs: keyed by the kernel key and every file under kmod/
+# and uapi/.
+mod_key=$( { echo "$kernel_key"; find kmod uapi -type f ! -name '*.o' ! -name '*.ko' ! -name '.*' | LC_ALL=C sort | xargs cat; sed -n '/^# ---- module/,$p' "$0"; } | sha256sum | cut -c1-16)
 mdir="$cache/guest-initramfs-$mod_key"
 if [ ! -f "$mdir/.complete" ]; then
     start=$(date +%s.%N)
@@ -79,6 +81,12 @@ if [ ! -f "$mdir/.complete" ]; then
         > "$mdir.partial/mock-accel-wordlist.txt"
     [ "$(wc -l < "$mdir.partial/mock-accel-wordlist.txt")" = 7776 ] || { log "word list generation failed"; exit 1; }
     cp "$root/usr/bin/busybox" "$mdir.partial/initrd/bin/busybox"
+    # The ioctl tool: glibc static (libc6-dev ships libc.a), own target dir so the static
+    # flags never invalidate the workspace build.
+    RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" cargo build --release --locked -q \
+        -p mock-accel-uapi --bin mock-accel-ioctl --target x86_64-unknown-linux-gnu \
+        --target-dir "$cache/guest-tools-target" >&2
+    cp "$cache/guest-tools-target/x86_64-unknown-linux-gnu/release/mock-accel-ioctl" "$mdir.partial/initrd/bin/"
     cp "$mdir.partial/mock_accel.ko" "$mdir.partial/initrd/lib/modules/"
     cp "$mdir.partial/mock-accel-wordlist.txt" "$mdir.partial/initrd/lib/firmware/"
     cp kmod/guest-init.sh "$mdir.partial/initrd/init"; chmod +x "$mdir.partial/initrd/init"
@@ -91,3 +99,4 @@ fi
 echo "MODULE=$mdir/mock_accel.ko"
 echo "WORDLIST=$mdir/mock-accel-wordlist.txt"
 echo "INITRAMFS=$mdir/initramfs.gz"
+echo "IOCTL_TOOL=$cache/guest-tools-target/x86_64-unknown-linux-gnu/release/mock-accel-ioctl"

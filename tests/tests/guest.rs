@@ -1,10 +1,13 @@
 //! Guest end to end: our kernel + `mock_accel` module under QEMU TCG against our device
-//! servers, 2 NUMA nodes with a pxb-pcie each, 1 PF + 2 VFs per node. The guest's init
+//! servers, 2 NUMA nodes with a pxb-pcie each, 1 PF + 2 VFs per node, plus one function
+//! whose DEVICE_ID register is not "MOCK" (the driver must refuse it). The guest's init
 //! (`kmod/guest-init.sh`) prints `MOCKTEST key=value` lines on the serial port; this test
-//! asserts them and drives the host side of the status handshake through the device's
-//! control socket. Kernel, module and initramfs come from `scripts/build-guest.sh` (cached).
+//! asserts them (sysfs, NUMA, SR-IOV enable/disable, `/dev` read and ioctls, the firmware
+//! word list present, missing and malformed, rmmod) and drives the host side of the status
+//! handshake through the device's control socket. Kernel, module, word list, ioctl tool and
+//! initramfs come from `scripts/build-guest.sh` (cached).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -125,15 +128,34 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
             });
             vfs.push(sock);
         }
+        let mut devices = vec![DeviceSpec {
+            socket: pf_sock,
+            vfs,
+            uuid: None,
+            vf_uuids: vec![],
+        }];
+        if n == 0 {
+            // A foreign function: right IDs in config space, wrong DEVICE_ID register.
+            let sock = dir.join("n0-bad.sock");
+            let args = [
+                "-u",
+                "NODE1-NUMA0-BAD",
+                sock.to_str().context("utf-8 path")?,
+                "--device-id-register",
+                "0x42414421",
+            ];
+            servers.push(DeviceProcess::spawn(&args, &sock, dir.path(), "n0-bad").await?);
+            devices.push(DeviceSpec {
+                socket: sock,
+                vfs: vec![],
+                uuid: None,
+                vf_uuids: vec![],
+            });
+        }
         nodes.push(NumaNode {
             cpus: 1,
             memory_mib: 256,
-            devices: vec![DeviceSpec {
-                socket: pf_sock,
-                vfs,
-                uuid: None,
-                vf_uuids: vec![],
-            }],
+            devices,
         });
     }
     let topology = Topology {
@@ -262,7 +284,134 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
             "{n} device link\n{text}"
         );
     }
-    assert!(has("MOCKTEST status_write=ok value=1"), "{text}");
+    // The foreign function was refused with one log line and never got a class device.
+    assert!(
+        lines.iter().any(|l| l.starts_with("MOCKTEST-LOG ")
+            && l.contains("refusing device: DEVICE_ID register is 0x42414421")),
+        "{text}"
+    );
+    assert!(name_of("NODE1-NUMA0-BAD").is_none(), "{text}");
+
+    // Emulated SR-IOV: hidden until enabled, PCI-core-like errors, hidden again on 0.
+    let wordlist: HashSet<String> = std::fs::read_to_string(&artifacts["WORDLIST"])?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(wordlist.len(), 7776);
+    for numa in 0..2 {
+        let pf = name_of(&format!("NODE1-NUMA{numa}-PF")).context("PF name")?;
+        for l in [
+            format!("MOCKTEST sriov_initial dev={pf} total=2 numvfs=0 vfs=0 devnodes=0"),
+            format!("MOCKTEST sriov_enable dev={pf} numvfs=2 result=ok vfs=2 devnodes=2"),
+            format!("MOCKTEST sriov_disable dev={pf} result=ok numvfs=0 vfs=0 devnodes=0"),
+            format!("MOCKTEST attr={pf}/sriov_totalvfs value=2"),
+            format!("MOCKTEST attr={pf}/sriov_numvfs value=2"),
+        ] {
+            assert!(has(&l), "missing {l:?}\n{text}");
+        }
+    }
+    for (value, result) in [
+        ("1", "EBUSY"),
+        ("99", "ERANGE"),
+        ("junk", "EINVAL"),
+        ("-1", "EINVAL"),
+    ] {
+        let l = format!("MOCKTEST sriov_write dev=mock0 value={value} result={result} numvfs=2");
+        assert!(has(&l), "missing {l:?}\n{text}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("MOCKTEST stale_read ") && l.contains("No_such_device")),
+        "an open VF file must get ENODEV once the VF is disabled\n{text}"
+    );
+
+    // /dev nodes: one per shown device; read text and ioctls.
+    for e in &expected {
+        let n = name_of(&e.uuid).context("name")?;
+        assert!(has(&format!("MOCKTEST devnode={n}")), "/dev/{n}\n{text}");
+    }
+    let in_list = |phrase: &str, words: usize| {
+        let w: Vec<&str> = phrase.split('-').collect();
+        w.len() == words && w.iter().all(|x| wordlist.contains(*x))
+    };
+    for dev in ["mock0", "mock0_vf0"] {
+        let e = expected
+            .iter()
+            .find(|e| name_of(&e.uuid).as_deref() == Some(dev))
+            .context("expected device")?;
+        let read = |field: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("MOCKTEST-READ wordlist {dev}: {field}: ")))
+                .map(str::to_owned)
+        };
+        assert_eq!(read("UUID").as_deref(), Some(e.uuid.as_str()), "{text}");
+        assert_eq!(
+            read("Memory"),
+            Some(format!("{} bytes", e.memory)),
+            "{text}"
+        );
+        assert_eq!(read("NUMA Node"), Some(e.numa.to_string()), "{text}");
+        assert_eq!(
+            read("Wordlist").as_deref(),
+            Some("7776 words loaded"),
+            "{text}"
+        );
+        assert_eq!(
+            read("Physical Function"),
+            e.physfn.as_ref().map(|_| "mock0".to_owned())
+        );
+        let sample = read("Sample Passphrase (6 words)").context("sample passphrase")?;
+        assert!(in_list(&sample, 6), "sample {sample:?} not 6 list words");
+        assert!(
+            has(&format!("MOCKTEST ioctl wordlist dev={dev} status=0")),
+            "{text}"
+        );
+        for words in [1usize, 6, 12] {
+            let prefix = format!("MOCKTEST ioctl wordlist dev={dev} words={words} passphrase=");
+            let phrase = lines
+                .iter()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .with_context(|| format!("{prefix}\n{text}"))?;
+            assert!(
+                in_list(phrase, words),
+                "{phrase:?} is not {words} list words"
+            );
+        }
+        for words in [0, 13] {
+            let l = format!("MOCKTEST ioctl wordlist dev={dev} words={words} error=EINVAL");
+            assert!(has(&l), "missing {l:?}\n{text}");
+        }
+    }
+    // Without a usable word list the driver binds, reads work, passphrases fail cleanly.
+    for (tag, why) in [("missing", "Missing(-2)"), ("malformed", "BadLine(2)")] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("MOCKTEST-READ {tag} mock0: Wordlist: not loaded"))),
+            "{tag}\n{text}"
+        );
+        assert!(
+            has(&format!("MOCKTEST ioctl {tag} dev=mock0 status=0")),
+            "{tag}\n{text}"
+        );
+        assert!(
+            has(&format!(
+                "MOCKTEST ioctl {tag} dev=mock0 words=6 error=ENODATA"
+            )),
+            "{tag}\n{text}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("MOCKTEST-LOG ")
+                && l.contains("no word list")
+                && l.contains(why)),
+            "{tag}: no log line naming {why}\n{text}"
+        );
+    }
+
+    assert!(
+        has("MOCKTEST status_write=ok value=1 ioctl_status=1"),
+        "{text}"
+    );
     assert!(
         host_saw.contains("\"status\":1"),
         "host view after guest write: {host_saw}"
@@ -271,11 +420,15 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("MOCKTEST junk_write=rejected")),
+            .any(|l| l == "MOCKTEST junk_write=rejected err=EINVAL"),
         "{text}"
     );
     assert!(has("MOCKTEST rmmod=ok"), "{text}");
     assert!(has("MOCKTEST class_after_rmmod=gone"), "{text}");
+    assert!(
+        has("MOCKTEST devnodes_after_rmmod=0 module_listed=0"),
+        "{text}"
+    );
     assert!(has("MOCKTEST kernel_problems=0"), "{text}");
     drop(servers);
     Ok(())

@@ -92,7 +92,8 @@ mod tests {
     #[test]
     fn server_dispatch_survives_truncations_of_every_seed() {
         // Cheap deterministic mutation: every prefix of every seed.
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/server_dispatch");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/server_dispatch");
         for e in std::fs::read_dir(dir).expect("corpus") {
             let data = std::fs::read(e.expect("entry").path()).expect("seed");
             for cut in 0..data.len().min(256) {
