@@ -300,7 +300,7 @@ impl pci::Driver for MockAccelDriver {
             number = s;
             pf_name_len = 0;
         }
-        let free = |_: &Error| {
+        let free = || {
             if let Some(s) = slot {
                 sys::free_slot(s)
             }
@@ -336,8 +336,8 @@ impl pci::Driver for MockAccelDriver {
             Inner { pdev, bar, id, numa_node, key, pf_name, pf_name_len, words },
             GFP_KERNEL,
         )
-        .inspect_err(free)?;
-        let reg_id = registry::register(&inner, key, number, is_vf).inspect_err(free)?;
+        .inspect_err(|_| free())?;
+        let reg_id = registry::register(&inner, key, number, is_vf).inspect_err(|_| free())?;
         Ok(MockAccel { inner, reg_id, slot })
     }
 }
