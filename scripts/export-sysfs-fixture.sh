@@ -18,7 +18,7 @@ done
 grep -a -o 'MOCKTEST attr=.*' "$log" | tr -d '\r' | while read -r _ attr value; do
     attr=${attr#attr=}; value=${value#value=}
     dev=${attr%%/*}; name=${attr#*/}
-    case "$name" in uuid|memory_size|capabilities|status|numa_node|physfn) ;; *) continue;; esac
+    case "$name" in uuid|memory_size|capabilities|status|numa_node|physfn|sriov_numvfs|sriov_totalvfs) ;; *) continue;; esac
     printf '%s\n' "$value" > "$out/sys/class/mock-accel/$dev/$name"
 done
 echo "exported $(ls "$out/sys/class/mock-accel" | wc -l) devices to $out" >&2

@@ -180,7 +180,10 @@ pub fn build_qemu_args(
         args.push2("-numa", numa);
     }
 
-    for n in 0..topology.numa_nodes.len() {
+    // Created last-node-first: QEMU puts each new root bus at the head of its list, so the
+    // ACPI tables (and Linux's probe order) list node 0's expander first and the guest's
+    // mockN names count up from NUMA node 0, as the seeds show.
+    for n in (0..topology.numa_nodes.len()).rev() {
         // One PCIe expander bridge per NUMA node: devices behind it report this numa_node
         // to the guest (ACPI _PXM). bus_nr reserves 16 bus numbers per node.
         let bus_nr = u64::from(BUS_NR_STRIDE) * (n as u64 + 1);
@@ -486,7 +489,8 @@ mod tests {
         let bus_nrs: Vec<_> = args.iter().filter_map(|a| field(a, "bus_nr=")).collect();
         let mut unique = bus_nrs.clone();
         unique.dedup();
-        assert_eq!(bus_nrs, ["16", "32", "48"]);
+        // Created last node first (the guest then probes node 0 first, see build_qemu_args).
+        assert_eq!(bus_nrs, ["48", "32", "16"]);
         assert_eq!(unique.len(), 3);
         let pairs: Vec<_> = args
             .iter()
