@@ -196,6 +196,29 @@ fn up_status_down_with_the_test_guest() -> anyhow::Result<()> {
             );
         }
     }
+    // The seeds' view (`for d in /sys/class/mock-accel/mock*; do ... numa_node`) once SR-IOV
+    // is enabled: mock0 and its VFs on NUMA 0, mock1 and its VFs on NUMA 1.
+    let seen: Vec<String> = lines
+        .iter()
+        .filter_map(|l| {
+            let (dev, numa) = l
+                .strip_prefix("MOCKTEST attr=")?
+                .split_once("/numa_node value=")?;
+            Some(format!("{dev}:{numa}"))
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "mock0:0",
+            "mock0_vf0:0",
+            "mock0_vf1:0",
+            "mock1:1",
+            "mock1_vf0:1",
+            "mock1_vf1:1"
+        ],
+        "{text}"
+    );
     assert!(lines.contains(&"MOCKTEST kernel_problems=0"), "{text}");
 
     // `status`: every device, its server and a running QEMU.
