@@ -20,6 +20,13 @@ struct Cli {
 enum Cmd {
     /// Per-node kubelet plugin: publishes this node's ResourceSlices and serves the kubelet.
     KubeletPlugin(PluginArgs),
+    /// Print, as JSON, the devices this node would publish (and the entries skipped, with the
+    /// reason), read from the guest driver's sysfs; needs no cluster.
+    Devices {
+        /// Root under which `sys/class/mock-accel` is read.
+        #[arg(long, env = "SYSFS_ROOT", default_value = "/")]
+        sysfs_root: PathBuf,
+    },
     /// Liveness check: calls grpc.health.v1 Check on the DRA socket; exit 0 when serving.
     Healthcheck {
         /// DRA socket path.
@@ -122,6 +129,26 @@ async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(cfg).context("Kubernetes client")
 }
 
+/// `{"devices": [ResourceSlice devices], "skipped": [{"name", "error"}]}` for `devices`.
+fn devices_json(root: &std::path::Path) -> anyhow::Result<String> {
+    if !dra::sysfs::class_dir(root).is_dir() {
+        anyhow::bail!(
+            "{} does not exist: is mock_accel loaded (or is --sysfs-root wrong)?",
+            dra::sysfs::class_dir(root).display()
+        );
+    }
+    let scan = dra::sysfs::scan(root);
+    let devices: Vec<_> = scan.devices.iter().map(dra::slices::to_device).collect();
+    let skipped: Vec<_> = scan
+        .skipped
+        .iter()
+        .map(|(name, error)| serde_json::json!({"name": name, "error": error}))
+        .collect();
+    Ok(serde_json::to_string_pretty(
+        &serde_json::json!({"devices": devices, "skipped": skipped}),
+    )?)
+}
+
 fn init_logging(v: u8) {
     let level = match v {
         0 => "warn",
@@ -210,6 +237,10 @@ fn main() -> std::process::ExitCode {
                 init_logging(args.verbosity);
                 kubelet_plugin(args).await
             }
+            Cmd::Devices { sysfs_root } => {
+                println!("{}", devices_json(&sysfs_root)?);
+                Ok(())
+            }
             Cmd::Healthcheck { socket } => {
                 tokio::time::timeout(Duration::from_secs(5), dra::grpc::health_check(&socket))
                     .await
@@ -230,6 +261,41 @@ fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_lists_the_guest_fixture_with_numa_and_physfn() {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs-guest");
+        let v: serde_json::Value =
+            serde_json::from_str(&devices_json(&root).expect("fixture scans")).expect("json");
+        let devs = v["devices"].as_array().expect("devices");
+        let names: Vec<&str> = devs.iter().filter_map(|d| d["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mock0",
+                "mock0-vf0",
+                "mock0-vf1",
+                "mock1",
+                "mock1-vf0",
+                "mock1-vf1"
+            ]
+        );
+        let attr = |d: &serde_json::Value, k: &str| d["attributes"][k].clone();
+        assert_eq!(attr(&devs[0], "numaNode")["int"], 0);
+        assert_eq!(attr(&devs[3], "numaNode")["int"], 1);
+        assert_eq!(attr(&devs[1], "physfn")["string"], "mock0");
+        assert_eq!(v["skipped"].as_array().map(Vec::len), Some(0));
+    }
+
+    #[test]
+    fn devices_without_the_class_directory_is_a_one_line_error() {
+        let e = devices_json(std::path::Path::new("/nonexistent-root"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sys/class/mock-accel does not exist"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
 
     #[test]
     fn durations_parse_with_units_and_reject_garbage() {
