@@ -5,6 +5,12 @@
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+KL=/sys/kernel/debug/kmemleak
+# Leak check (kernel booted with kmemleak=on): forget suspects from boot before insmod.
+if grep -q kmemleak=on /proc/cmdline && echo scan > $KL 2>/dev/null && echo clear > $KL; then
+    echo "MOCKTEST kmemleak=on"
+fi
 C=/sys/class/mock-accel
 FW=/lib/firmware/mock-accel-wordlist.txt
 echo "MOCKTEST boot=ok"
@@ -110,6 +116,15 @@ if insmod /lib/modules/mock_accel.ko; then
 fi
 mv /tmp/wordlist.txt $FW
 dmesg | grep 'mock-accel: no word list' | sed 's/^/MOCKTEST-LOG /'
+
+# Anything the three load/unload cycles left allocated and unreferenced (kmemleak reports
+# objects older than 5 s).
+if grep -q kmemleak=on /proc/cmdline; then
+    sleep 6
+    echo scan > $KL; echo scan > $KL
+    head -n 60 $KL | sed 's/^/MOCKTEST-LEAK /'
+    echo "MOCKTEST kmemleak_suspects=$(grep -c 'unreferenced object' $KL)"
+fi
 
 dmesg | grep -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST-PROBLEM /'
 dmesg | grep -c -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST kernel_problems=/'

@@ -60,6 +60,27 @@ fn serial_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Every path under `root` with its symlink target or file content.
+fn tree(root: &Path) -> anyhow::Result<std::collections::BTreeSet<(PathBuf, String)>> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("read {dir:?}"))? {
+            let path = e?.path();
+            let rel = path.strip_prefix(root)?.to_path_buf();
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_symlink() {
+                out.insert((rel, format!("-> {}", std::fs::read_link(&path)?.display())));
+            } else if meta.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert((rel, std::fs::read_to_string(&path)?));
+            }
+        }
+    }
+    Ok(out)
+}
+
 struct Expected {
     name: String,
     uuid: String,
@@ -167,7 +188,7 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
         boot: Some(DirectBoot {
             kernel: artifacts["KERNEL"].clone(),
             initrd: Some(artifacts["INITRAMFS"].clone()),
-            append: Some("console=ttyS0 panic=-1 quiet mocktest.host=1".to_owned()),
+            append: Some("console=ttyS0 panic=-1 quiet mocktest.host=1 kmemleak=on".to_owned()),
         }),
         serial: Serial::File(serial.clone()),
         no_reboot: true,
@@ -226,6 +247,28 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
     // Kept for scripts/export-sysfs-fixture.sh (tests/fixtures/sysfs-guest).
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-serial.log");
     std::fs::copy(&serial, &keep).with_context(|| format!("copy serial log to {keep:?}"))?;
+    // The DRA tests read tests/fixtures/sysfs-guest: it must be what this driver exports now.
+    let fresh = dir.join("sysfs-fixture");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let export = Command::new(repo.join("scripts/export-sysfs-fixture.sh"))
+        .arg(&keep)
+        .arg(&fresh)
+        .output()?;
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let committed = repo.join("tests/fixtures/sysfs-guest");
+    let (a, b) = (tree(&committed)?, tree(&fresh)?);
+    assert!(
+        a == b,
+        "tests/fixtures/sysfs-guest is stale; regenerate it with\n  \
+         scripts/export-sysfs-fixture.sh {} tests/fixtures/sysfs-guest\nonly in the fixture: {:?}\nonly in this run: {:?}",
+        keep.display(),
+        a.difference(&b).collect::<Vec<_>>(),
+        b.difference(&a).collect::<Vec<_>>()
+    );
     let lines = serial_lines(&serial);
     let text = lines.join("\n");
     eprintln!("{text}\nboot to checks: {boot_to_checks:?}");
@@ -429,6 +472,10 @@ async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
         has("MOCKTEST devnodes_after_rmmod=0 module_listed=0"),
         "{text}"
     );
+    // kmemleak (boot suspects cleared before insmod): nothing left by three load/unload
+    // cycles with probe, SR-IOV enable/disable, /dev opens, firmware loads and ioctls.
+    assert!(has("MOCKTEST kmemleak=on"), "{text}");
+    assert!(has("MOCKTEST kmemleak_suspects=0"), "{text}");
     assert!(has("MOCKTEST kernel_problems=0"), "{text}");
     drop(servers);
     Ok(())
