@@ -129,6 +129,15 @@ fi
 dmesg | grep -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST-PROBLEM /'
 dmesg | grep -c -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST kernel_problems=/'
 echo "MOCKTEST done=1"
+if grep -q mocktest.shell=1 /proc/cmdline; then
+    # Interactive (scripts/guest-smoke.sh --shell): module loaded, every VF enabled.
+    insmod /lib/modules/mock_accel.ko
+    for n in $(pfs); do cat $C/$n/sriov_totalvfs > $C/$n/sriov_numvfs; done
+    echo "mock-accel: try  ls /sys/class/mock-accel; cat /dev/mock0; mock-accel-ioctl passphrase /dev/mock0 6"
+    echo "mock-accel: exit (or poweroff -f) powers the guest off"
+    setsid cttyhack sh
+    poweroff -f
+fi
 if grep -q mocktest.hold=1 /proc/cmdline; then
     # Launched by mock-accel-cluster: stay up with the module loaded and every VF enabled
     # until the host stops QEMU.
