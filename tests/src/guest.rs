@@ -1,8 +1,9 @@
 //! A QEMU guest under test: started from a topology with the pure builder, QMP connected,
 //! logs kept in the test directory, killed on drop.
 
-use std::path::Path;
-use std::process::ExitStatus;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -172,6 +173,32 @@ pub fn check_ram_coverage(
         }
     }
     Ok(())
+}
+
+/// The test guest from `scripts/build-guest.sh` (kernel, initramfs, module, word list, ioctl
+/// tool; cached), as the `KEY=PATH` lines it prints. Fails naming the script if it fails.
+pub fn guest_artifacts() -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-guest.sh");
+    let out = Command::new(&script)
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "scripts/build-guest.sh failed (run it by hand to provision the guest and QEMU):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let artifacts: BTreeMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))
+        .collect();
+    for key in ["KERNEL", "INITRAMFS", "WORDLIST"] {
+        if !artifacts.contains_key(key) {
+            bail!("scripts/build-guest.sh printed no {key}=");
+        }
+    }
+    Ok(artifacts)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! handshake through the device's control socket. Kernel, module, word list, ioctl tool and
 //! initramfs come from `scripts/build-guest.sh` (cached).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,29 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use mock_accel_tests::device_bin::DeviceProcess;
+use mock_accel_tests::guest::guest_artifacts;
 use mock_accel_tests::{require_qemu, TestDir};
 use qemu::{
     build_qemu_args, DeviceSpec, DirectBoot, LaunchOptions, NumaNode, QemuProcess, Serial, Topology,
 };
-
-/// Artifacts printed by `scripts/build-guest.sh` as `KEY=PATH`.
-fn build_guest() -> anyhow::Result<BTreeMap<String, PathBuf>> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(repo.join("scripts/build-guest.sh"))
-        .output()
-        .context("run scripts/build-guest.sh")?;
-    if !out.status.success() {
-        bail!(
-            "scripts/build-guest.sh failed (run it by hand to provision the guest):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))
-        .collect())
-}
 
 /// One control-socket request/reply line.
 fn control(socket: &Path, request: &str) -> anyhow::Result<String> {
@@ -92,7 +74,7 @@ struct Expected {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_driver_sysfs_status_numa_vfs_rmmod() -> anyhow::Result<()> {
-    let artifacts = build_guest()?;
+    let artifacts = guest_artifacts()?;
     let qemu = require_qemu();
     let dir = TestDir::new("guest")?;
     let mut servers = Vec::new();

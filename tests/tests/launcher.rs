@@ -17,29 +17,6 @@ fn launcher() -> anyhow::Result<PathBuf> {
     workspace_binary("qemu", "mock-accel-cluster", "MOCK_ACCEL_CLUSTER_BIN")
 }
 
-/// `KEY=PATH` lines of `scripts/build-guest.sh`.
-fn build_guest() -> anyhow::Result<(PathBuf, PathBuf)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-guest.sh");
-    let out = Command::new(&script)
-        .output()
-        .with_context(|| format!("run {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "scripts/build-guest.sh failed (run it by hand to provision the guest and QEMU):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let get = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(PathBuf::from)
-            .with_context(|| format!("scripts/build-guest.sh printed no {key}="))
-    };
-    Ok((get("KERNEL")?, get("INITRAMFS")?))
-}
-
 /// Runs `down` when dropped, so a failing test leaves no QEMU or device server behind.
 struct Cluster {
     bin: PathBuf,
@@ -117,7 +94,8 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn up_status_down_with_the_test_guest() -> anyhow::Result<()> {
-    let (kernel, initrd) = build_guest()?;
+    let artifacts = mock_accel_tests::guest::guest_artifacts()?;
+    let (kernel, initrd) = (&artifacts["KERNEL"], &artifacts["INITRAMFS"]);
     let dir = TestDir::new("launch")?;
     let cluster = Cluster {
         bin: launcher()?,

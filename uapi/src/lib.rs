@@ -106,6 +106,27 @@ pub fn passphrase(dev: &impl AsFd, words: u32) -> io::Result<String> {
     Ok(req.text().to_owned())
 }
 
+/// Size field of an ioctl number (`_IOC_SIZE`).
+pub const fn ioc_size(cmd: u32) -> usize {
+    ((cmd >> 16) & 0x3fff) as usize
+}
+
+/// Any ioctl on `dev` whose argument is `buf`; refused (`InvalidInput`) when `buf` is smaller
+/// than the size `cmd` encodes, so the kernel can never write past it.
+pub fn ioctl_bytes(dev: &impl AsFd, cmd: u32, buf: &mut [u8]) -> io::Result<()> {
+    if buf.len() < ioc_size(cmd) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "ioctl {cmd:#x} needs {} bytes, buffer has {}",
+                ioc_size(cmd),
+                buf.len()
+            ),
+        ));
+    }
+    sys::ioctl(dev, cmd, buf.as_mut_ptr().cast())
+}
+
 #[allow(unsafe_code)]
 mod sys {
     use std::io;
@@ -233,6 +254,16 @@ mod tests {
         p.text[..7].copy_from_slice(b"alp-bet");
         p.len = 7;
         assert_eq!(p.text(), "alp-bet");
+    }
+
+    #[test]
+    fn ioctl_bytes_refuses_a_buffer_smaller_than_the_command_encodes() {
+        let f = std::fs::File::open("/dev/null").expect("/dev/null");
+        let mut small = [0u8; 8];
+        let e = ioctl_bytes(&f, IOC_PASSPHRASE, &mut small).expect_err("buffer too small");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(ioc_size(IOC_PASSPHRASE), 136);
+        assert_eq!(ioc_size(IOC_STATUS), 4);
     }
 
     #[test]
