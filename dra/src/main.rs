@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn devices_without_the_class_directory_is_a_one_line_error() {
         let e = devices_json(std::path::Path::new("/nonexistent-root"))
-            .unwrap_err()
+            .expect_err("no class directory")
             .to_string();
         assert!(e.contains("sys/class/mock-accel does not exist"), "{e}");
         assert!(!e.contains('\n'), "{e}");
