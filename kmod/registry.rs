@@ -17,6 +17,11 @@ use kernel::prelude::*;
 
 use crate::{devnode, devnode::DevNode, sys, Inner};
 
+/// Initializes the registry lock; called once from module init.
+pub(crate) fn init() {
+    sys::init_registry();
+}
+
 /// Most functions tracked (PFs + VFs).
 const MAX_ENTRIES: usize = 2 * sys::MAX_DEVICES;
 /// Most VFs of one PF (functions 1..7 of its slot).
@@ -63,18 +68,6 @@ impl Registry {
     }
 }
 
-kernel::sync::global_lock! {
-    // SAFETY: `init` is called once, in the module initializer, before the PCI driver
-    // registers (the only way to reach any other use).
-    unsafe(uninit) static REGISTRY: Mutex<Registry> = Registry::new();
-}
-
-/// Initializes the registry lock; called once from module init.
-pub(crate) fn init() {
-    // SAFETY: called exactly once, from module init, before any other use (see above).
-    unsafe { REGISTRY.init() };
-}
-
 /// Creates the class device and `/dev` node of `e` (PF `pf` is its PF number).
 fn show(e: &Entry, pf: usize) -> Result<Shown> {
     let name = if e.is_vf { devnode::name(pf, Some(e.number)) } else { devnode::name(pf, None) }
@@ -88,7 +81,7 @@ fn show(e: &Entry, pf: usize) -> Result<Shown> {
 /// Adds a bound function; shows PFs at once and VFs if their PF enabled them.
 /// Returns the registry id.
 pub(crate) fn register(inner: &Inner<'_>, key: u32, number: usize, is_vf: bool) -> Result<u64> {
-    let mut reg = REGISTRY.lock();
+    let mut reg = sys::REGISTRY.lock();
     let id = reg.next_id;
     reg.next_id += 1;
     let free = reg.entries.iter().position(Option::is_none).ok_or(EBUSY)?;
@@ -110,7 +103,7 @@ pub(crate) fn register(inner: &Inner<'_>, key: u32, number: usize, is_vf: bool) 
 pub(crate) fn unregister(id: u64) {
     let mut doomed: [Option<Shown>; MAX_VFS + 1] = [const { None }; MAX_VFS + 1];
     {
-        let mut reg = REGISTRY.lock();
+        let mut reg = sys::REGISTRY.lock();
         let Some(slot) = reg.entries.iter_mut().find(|s| s.as_ref().is_some_and(|e| e.id == id))
         else {
             return;
@@ -131,7 +124,7 @@ pub(crate) fn unregister(id: u64) {
 
 /// Runs `f` on shown function `id` under the lock; `ENODEV` once it is gone or hidden.
 pub(crate) fn with_device<R>(id: u64, f: impl FnOnce(&Inner<'_>) -> Result<R>) -> Result<R> {
-    let reg = REGISTRY.lock();
+    let reg = sys::REGISTRY.lock();
     let e = reg
         .entries
         .iter()
@@ -143,13 +136,13 @@ pub(crate) fn with_device<R>(id: u64, f: impl FnOnce(&Inner<'_>) -> Result<R>) -
 
 /// `sriov_totalvfs` of the PF at `key`: VF functions bound in its slot.
 pub(crate) fn totalvfs(key: u32) -> u32 {
-    let reg = REGISTRY.lock();
+    let reg = sys::REGISTRY.lock();
     reg.entries.iter().flatten().filter(|e| e.is_vf && e.key == key).count() as u32
 }
 
 /// `sriov_numvfs` of the PF at `key`.
 pub(crate) fn numvfs(key: u32) -> u32 {
-    REGISTRY.lock().pf(key).map_or(0, |e| e.numvfs)
+    sys::REGISTRY.lock().pf(key).map_or(0, |e| e.numvfs)
 }
 
 /// Writes `sriov_numvfs`: like the PCI core, `-ERANGE` above `sriov_totalvfs` and `-EBUSY`
@@ -157,7 +150,7 @@ pub(crate) fn numvfs(key: u32) -> u32 {
 pub(crate) fn set_numvfs(key: u32, n: u32) -> Result {
     let mut doomed: [Option<Shown>; MAX_VFS] = [const { None }; MAX_VFS];
     let result = {
-        let mut reg = REGISTRY.lock();
+        let mut reg = sys::REGISTRY.lock();
         let total = reg.entries.iter().flatten().filter(|e| e.is_vf && e.key == key).count();
         let (current, pf_number) = reg.pf(key).map(|p| (p.numvfs, p.number)).ok_or(ENODEV)?;
         if n as usize > total {

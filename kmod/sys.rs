@@ -3,8 +3,8 @@
 //! The driver's only unsafe code: the C interfaces kernel 7.3's Rust crate has no safe
 //! abstraction for (device classes, class devices with sysfs attributes, `dev->numa_node`,
 //! the PCI bus/devfn of a function), called through `kernel::bindings`; the registry's
-//! pointer to each function's [`Inner`]; the `/dev` node lookup in `open`; plus the
-//! lock-free table of PF numbers.
+//! global lock and its pointer to each function's [`Inner`]; the `/dev` node lookup in
+//! `open`; plus the lock-free table of PF numbers.
 //!
 //! Invariants: a [`ClassDevice`] holds a pointer to its [`Inner`] as driver data, and the
 //! registry an [`InnerRef`]; the owner (`MockAccel`) unregisters from the registry (which
@@ -18,6 +18,19 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use kernel::ffi::c_char;
 use kernel::miscdevice::MiscDeviceRegistration;
 use kernel::{bindings, device, prelude::*};
+
+kernel::sync::global_lock! {
+    // SAFETY: `init_registry` runs once, in the module initializer, before the PCI driver
+    // registers (the only way to reach any other use of the lock).
+    pub(crate) unsafe(uninit) static REGISTRY: Mutex<crate::registry::Registry> =
+        crate::registry::Registry::new();
+}
+
+/// Initializes [`REGISTRY`]; called exactly once, from module init.
+pub(crate) fn init_registry() {
+    // SAFETY: called once, from module init, before any other use (see above).
+    unsafe { REGISTRY.init() };
+}
 
 /// The registry's pointer to a bound function's [`Inner`].
 pub(crate) struct InnerRef(*const Inner<'static>);
