@@ -27,17 +27,12 @@ const MAX_ENTRIES: usize = 2 * sys::MAX_DEVICES;
 /// Most VFs of one PF (functions 1..7 of its slot).
 const MAX_VFS: usize = 7;
 
-/// What makes a function visible: its class device and `/dev` node.
+/// What makes a function visible: its `/dev` node and class device (fields drop in order).
 struct Shown {
     // Dropped first: no new opens; open files see ENODEV through the registry.
-    _node: Option<Pin<KBox<DevNode>>>,
-    class_dev: sys::ClassDevice,
-}
-
-impl Drop for Shown {
-    fn drop(&mut self) {
-        self.class_dev.destroy();
-    }
+    _node: Pin<KBox<DevNode>>,
+    // Dropped second: removes the sysfs directory, waiting for running callbacks.
+    _class_dev: sys::ClassDevice,
 }
 
 struct Entry {
@@ -73,9 +68,11 @@ fn show(e: &Entry, pf: usize) -> Result<Shown> {
     let name = if e.is_vf { devnode::name(pf, Some(e.number)) } else { devnode::name(pf, None) }
         .ok_or(ENOSPC)?;
     let inner = e.inner.get();
-    let class_dev = sys::ClassDevice::create(inner.parent(), inner, name, e.is_vf)?;
+    // The node first: if the class device then fails, dropping the node here is safe under
+    // the lock (no callback of a misc device takes it).
     let node = DevNode::register(e.id, name)?;
-    Ok(Shown { _node: Some(node), class_dev })
+    let class_dev = sys::ClassDevice::create(inner.parent(), inner, name, e.is_vf)?;
+    Ok(Shown { _node: node, _class_dev: class_dev })
 }
 
 /// Adds a bound function; shows PFs at once and VFs if their PF enabled them.

@@ -269,7 +269,7 @@ unsafe extern "C" fn store(
 }
 
 /// A device of class `mock-accel` with our attributes, child of a PCI function (which gives
-/// it the `device` link).
+/// it the `device` link). Dropping it unregisters the device.
 pub(crate) struct ClassDevice(*mut bindings::device);
 
 // SAFETY: the pointer is only used to unregister the device, allowed from any thread.
@@ -306,12 +306,12 @@ impl ClassDevice {
         if is_err(dev) {
             return Err(ENOMEM);
         }
-        let mut this = ClassDevice(dev);
+        // Owned from here: an early return unregisters it.
+        let this = ClassDevice(dev);
         for (_, a) in ATTRS.iter().enumerate().filter(|(i, _)| attr_wanted(*i, vf)) {
             // SAFETY: `dev` is live; `a` is a static attribute.
             let rc = unsafe { bindings::device_create_file(dev, &a.0) };
             if rc != 0 {
-                this.destroy();
                 return Err(Error::from_errno(rc));
             }
         }
@@ -319,12 +319,18 @@ impl ClassDevice {
     }
 
     /// Removes the device and its attributes (idempotent); waits for running callbacks.
-    pub(crate) fn destroy(&mut self) {
+    fn destroy(&mut self) {
         let dev = core::mem::replace(&mut self.0, core::ptr::null_mut());
         if !dev.is_null() {
             // SAFETY: `dev` came from `device_create` and is unregistered once; attribute
             // files go with it (kernfs drains active callbacks first).
             unsafe { bindings::device_unregister(dev) };
         }
+    }
+}
+
+impl Drop for ClassDevice {
+    fn drop(&mut self) {
+        self.destroy();
     }
 }
