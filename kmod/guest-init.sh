@@ -36,6 +36,38 @@ vf_count() { ls -d $C/${1}_vf* 2>/dev/null | wc -l; }
 dev_count() { ls /dev/${1}_vf* 2>/dev/null | wc -l; }
 pfs() { for c in $C/*; do [ -e $c/sriov_totalvfs ] && echo ${c##*/}; done; }
 
+if grep -q mocktest.dra=1 /proc/cmdline; then
+    # tests/tests/guest_dra.rs: our DRA plugin runs here against this guest's real sysfs and
+    # publishes to the host's kube-apiserver (10.0.2.2 through QEMU user-mode networking).
+    # The host steps the test by setting mock0's STATUS register: 7 enables every PF's VFs,
+    # 8 disables them, 9 ends.
+    ip link set lo up; ip link set eth0 up
+    ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
+    echo "MOCKTEST net=$(ip -o -4 addr show eth0 | awk '{print $4}') date=$(date -u +%Y-%m-%dT%H:%M:%S)"
+    node=$(sed -n 's/.*mocktest\.node=\([^ ]*\).*/\1/p' /proc/cmdline)
+    mkdir -p /tmp/reg /tmp/plug /tmp/cdi
+    /opt/mock-accel/mock-accel-dra kubelet-plugin --node-name "$node" \
+        --kubeconfig /etc/mock-accel/kubeconfig --registrar-dir /tmp/reg --plugin-dir /tmp/plug \
+        --cdi-root /tmp/cdi --rescan-interval 1s > /tmp/dra.log 2>&1 &
+    dra=$!
+    echo "MOCKTEST dra_started node=$node"
+    wait_status() {
+        i=0; while [ "$(cat $C/mock0/status)" != $1 ] && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done
+    }
+    wait_status 7
+    for n in $(pfs); do cat $C/$n/sriov_totalvfs > $C/$n/sriov_numvfs; done
+    echo "MOCKTEST dra_vfs=on devices=$(ls $C | tr '\n' ' ')"
+    wait_status 8
+    for n in $(pfs); do echo 0 > $C/$n/sriov_numvfs; done
+    echo "MOCKTEST dra_vfs=off devices=$(ls $C | tr '\n' ' ')"
+    wait_status 9
+    kill $dra
+    tail -n 30 /tmp/dra.log | sed 's/^/MOCKTEST-DRA /'
+    dmesg | grep -c -E 'WARNING|Oops|BUG' | sed 's/^/MOCKTEST kernel_problems=/'
+    echo "MOCKTEST done=1"
+    poweroff -f
+fi
+
 # Emulated SR-IOV: VFs stay hidden until the PF's sriov_numvfs enables them.
 for n in $(pfs); do
     echo "MOCKTEST sriov_initial dev=$n total=$(cat $C/$n/sriov_totalvfs) numvfs=$(cat $C/$n/sriov_numvfs) vfs=$(vf_count $n) devnodes=$(dev_count $n)"

@@ -19,27 +19,17 @@
 //! cargo bench -p mock-accel-tests --bench guest_mmio
 //! ```
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use mock_accel_tests::device_bin::DeviceProcess;
-use mock_accel_tests::guest::guest_artifacts;
+use mock_accel_tests::guest::{guest_artifacts, serial_lines};
 use mock_accel_tests::{require_qemu, TestDir};
 use qemu::{
     build_qemu_args, DeviceSpec, DirectBoot, LaunchOptions, NumaNode, QemuProcess, Serial, Topology,
 };
 
 const N: usize = 2000;
-
-fn bench_lines(serial: &Path) -> Vec<String> {
-    std::fs::read(serial)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.find("MOCKTEST").map(|i| l[i..].trim_end().to_owned()))
-        .collect()
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -95,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut process = QemuProcess::spawn(qemu, &args, dir.path())?;
     let lines = loop {
-        let lines = bench_lines(&serial);
+        let lines = serial_lines(&serial);
         if lines.iter().any(|l| l == "MOCKTEST done=1") {
             break lines;
         }

@@ -52,7 +52,7 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -297,7 +297,7 @@ impl ControlPlane {
         )?;
         std::fs::write(
             d.join("apiserver.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName=IP:127.0.0.1,IP:10.0.2.2,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
         )?;
         std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
         for (name, subject, ext) in [

@@ -175,6 +175,31 @@ pub fn check_ram_coverage(
     Ok(())
 }
 
+/// One request/reply line on a device server's control socket (`SOCKET.ctl`: `get`,
+/// `set-status N`).
+pub fn device_control(socket: &Path, request: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let ctl = PathBuf::from(format!("{}.ctl", socket.display()));
+    let mut s = std::os::unix::net::UnixStream::connect(&ctl)
+        .with_context(|| format!("connect {ctl:?}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    writeln!(s, "{request}")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(line)
+}
+
+/// The `MOCKTEST...` lines of a guest serial log written so far (from the marker on, so
+/// console noise before it on the same line is dropped).
+pub fn serial_lines(path: &Path) -> Vec<String> {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.find("MOCKTEST").map(|i| l[i..].trim_end().to_owned()))
+        .collect()
+}
+
 /// The test guest from `scripts/build-guest.sh` (kernel, initramfs, module, word list, ioctl
 /// tool; cached), as the `KEY=PATH` lines it prints. Fails naming the script if it fails.
 pub fn guest_artifacts() -> anyhow::Result<BTreeMap<String, PathBuf>> {

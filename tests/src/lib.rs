@@ -28,6 +28,7 @@
 pub mod control_plane;
 pub mod device_bin;
 pub mod guest;
+pub mod initramfs;
 pub mod observed;
 pub mod proc_maps;
 

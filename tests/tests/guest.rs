@@ -8,39 +8,17 @@
 //! initramfs come from `scripts/build-guest.sh` (cached).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use mock_accel_tests::device_bin::DeviceProcess;
-use mock_accel_tests::guest::guest_artifacts;
+use mock_accel_tests::guest::{device_control as control, guest_artifacts, serial_lines};
 use mock_accel_tests::{require_qemu, TestDir};
 use qemu::{
     build_qemu_args, DeviceSpec, DirectBoot, LaunchOptions, NumaNode, QemuProcess, Serial, Topology,
 };
-
-/// One control-socket request/reply line.
-fn control(socket: &Path, request: &str) -> anyhow::Result<String> {
-    let ctl = PathBuf::from(format!("{}.ctl", socket.display()));
-    let mut s = UnixStream::connect(&ctl).with_context(|| format!("connect {ctl:?}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    writeln!(s, "{request}")?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
-    Ok(line)
-}
-
-fn serial_lines(path: &Path) -> Vec<String> {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.find("MOCKTEST").map(|i| l[i..].trim_end().to_owned()))
-        .collect()
-}
 
 /// Every path under `root` with its symlink target or file content.
 fn tree(root: &Path) -> anyhow::Result<std::collections::BTreeSet<(PathBuf, String)>> {
