@@ -103,38 +103,31 @@ impl Cpio {
     }
 }
 
+/// Runs `tool args...`; its stdout, or an error naming the tool and its stderr.
+fn run(tool: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<Vec<u8>> {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {tool} (binutils/libc-bin)"))?;
+    if !out.status.success() {
+        bail!("{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
 /// Adds `binary` at `guest_path`, stripped of debug info, plus the shared libraries and the
 /// loader `ldd` lists for it at their host paths.
 pub fn add_dynamic_binary(cpio: &mut Cpio, binary: &Path, guest_path: &str) -> anyhow::Result<()> {
     let stripped = std::env::temp_dir().join(format!("mock-accel-strip-{}", std::process::id()));
-    let out = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(binary)
-        .output()
-        .context("run strip (binutils)")?;
-    if !out.status.success() {
-        bail!(
-            "strip {}: {}",
-            binary.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let copied = cpio.copy(guest_path, &stripped);
+    let copied = run(
+        "strip",
+        &["-o".as_ref(), stripped.as_os_str(), binary.as_os_str()],
+    )
+    .and_then(|_| cpio.copy(guest_path, &stripped));
     let _ = std::fs::remove_file(&stripped);
     copied?;
-    let ldd = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .context("run ldd")?;
-    if !ldd.status.success() {
-        bail!(
-            "ldd {}: {}",
-            binary.display(),
-            String::from_utf8_lossy(&ldd.stderr)
-        );
-    }
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+    let ldd = run("ldd", &[binary.as_os_str()])?;
+    for line in String::from_utf8_lossy(&ldd).lines() {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
         let path = match line.split_once("=>") {
             Some((_, rest)) => rest.split_whitespace().next(),
