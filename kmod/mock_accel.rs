@@ -373,7 +373,7 @@ struct MockAccelModule {
 
 impl kernel::InPlaceModule for MockAccelModule {
     fn init(module: &'static kernel::ThisModule) -> impl PinInit<Self, Error> {
-        registry::init();
+        sys::init_registry();
         try_pin_init!(Self {
             _class: sys::Class::create()?,
             _driver <- kernel::driver::Registration::new(c"mock_accel", module),

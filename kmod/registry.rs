@@ -17,11 +17,6 @@ use kernel::prelude::*;
 
 use crate::{devnode, devnode::DevNode, sys, Inner};
 
-/// Initializes the registry lock; called once from module init.
-pub(crate) fn init() {
-    sys::init_registry();
-}
-
 /// Most functions tracked (PFs + VFs).
 const MAX_ENTRIES: usize = 2 * sys::MAX_DEVICES;
 /// Most VFs of one PF (functions 1..7 of its slot).
